@@ -1,0 +1,125 @@
+"""OpenVINO backend: CPU / GPU / AUTO devices, latency/throughput hints, compiled-model cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import BackendError, DeviceError, ModelError
+from .base import Backend, Session, TensorInfo
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("UNIDEPLOY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "unideploy"
+    )
+    return Path(base) / "openvino"
+
+
+def _dims(pshape: Any) -> tuple[int | None, ...]:
+    return tuple(d.get_length() if d.is_static else None for d in pshape)
+
+
+class OpenVINOSession(Session):
+    backend = "openvino"
+    thread_safe = True  # one infer request per thread, created on first use
+
+    def __init__(self, path: Path, device: str, compiled: Any, meta: dict[str, str]):
+        super().__init__(path, device)
+        self.compiled = compiled
+        self._meta = meta
+        self._local = threading.local()
+        self._requests: list[Any] = []
+        self.inputs = [
+            TensorInfo(p.get_any_name(), _dims(p.get_partial_shape()), np.dtype(p.get_element_type().to_dtype()))
+            for p in compiled.inputs
+        ]
+        self.outputs = [
+            TensorInfo(p.get_any_name() if p.get_names() else f"output{i}", _dims(p.get_partial_shape()),
+                       np.dtype(p.get_element_type().to_dtype()))
+            for i, p in enumerate(compiled.outputs)
+        ]
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    def _request(self) -> Any:
+        req = getattr(self._local, "req", None)
+        if req is None:
+            req = self.compiled.create_infer_request()
+            self._local.req = req
+            with self._lock:
+                self._requests.append(req)
+        return req
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        req = self._request()
+        t0 = time.perf_counter()
+        try:
+            req.infer(feeds)
+        except Exception as e:
+            raise BackendError(f"openvino failed to run {self.path.name}: {str(e).splitlines()[0]}") from None
+        self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
+        return [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+
+    def _close(self) -> None:
+        self._requests.clear()
+        self._local = threading.local()
+        self.compiled = None
+
+
+class OpenVINOBackend(Backend):
+    """OpenVINO Runtime for IR (``.xml``) and ONNX files.
+
+    Devices: ``CPU``, ``GPU`` (``GPU.0`` …), ``NPU``, ``AUTO`` (case-insensitive).
+
+    Options:
+        hint: "latency" (default) or "throughput" (OpenVINO PERFORMANCE_HINT).
+        cache_dir: compiled-model cache (default ``~/.cache/unideploy/openvino``; "" disables it).
+        threads: inference threads.
+    """
+
+    name = "openvino"
+    runtime_module = "openvino"
+    extra = "openvino"
+    suffixes = (".xml", ".onnx")
+    default_device = "CPU"
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        ov = cls.require()
+        return list(ov.Core().available_devices) + ["AUTO"]
+
+    @classmethod
+    def open(cls, path: str | Path, device: str | None = None, **options: Any) -> OpenVINOSession:
+        ov = cls.require()
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        dev = (device or "CPU").upper()
+        core = ov.Core()
+        available = list(core.available_devices)
+        if dev.split(":")[0] not in ("AUTO", "MULTI", "HETERO") and dev not in available and dev.split(".")[0] not in available:
+            raise DeviceError(f"openvino device {device!r} is not available; available: {', '.join(available + ['AUTO'])}")
+        hint = str(options.get("hint", "latency")).upper()
+        if hint not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            raise DeviceError(f"openvino hint must be latency, throughput or cumulative_throughput, got {options['hint']!r}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if options.get("threads"):
+            config["INFERENCE_NUM_THREADS"] = int(options["threads"])
+        cache = options.get("cache_dir", None)
+        cache = default_cache_dir() if cache is None else cache
+        if cache:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache)})
+        try:
+            compiled = core.compile_model(str(path), dev, config)
+        except Exception as e:
+            raise ModelError(f"{path}: openvino could not compile it for {dev}: {str(e).strip().splitlines()[0]}") from None
+        meta = {}
+        return OpenVINOSession(path, dev, compiled, meta)

@@ -1,0 +1,73 @@
+"""``unideploy predict MODEL SOURCE``: detections for an image, folder, glob or video."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_flags, predictor_kwargs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run a model on images, folders, globs or videos",
+                       description="Run a model on an image, a folder, a glob or a video file and save the results.")
+    add_model_flags(p)
+    p.add_argument("source", help="image file, folder, glob pattern (quote it) or video file")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--classes", default=None, help="keep only these class indices, e.g. 0,2")
+    p.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
+    p.add_argument("--save-json", metavar="FILE", default=None, help="write COCO results JSON")
+    p.add_argument("--save-txt", metavar="DIR", default=None, help="write YOLO txt labels (with confidence)")
+    p.add_argument("--save-img", metavar="DIR", default=None, help="write annotated images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import load
+    from ..sinks import Sinks
+    from ..sources import Source
+
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    source = Source(args.source, args.vid_stride)
+    with load(args.model, conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic_nms,
+              classes=classes, **predictor_kwargs(args)) as predictor:
+        sinks = Sinks(args.save_json, args.save_txt, args.save_img)
+        failures: list[tuple[str, str]] = []
+        n_ok = n_det = 0
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(source), unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True)
+        try:
+            for out in predictor.stream(source, keep_images=sinks.wants_image):
+                if out.ok:
+                    n_ok += 1
+                    n_det += len(out.result)
+                    sinks.add(out.item.name, out.item.index, out.result, out.image)
+                else:
+                    failures.append((out.item.name, str(out.error)))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            sinks.close()
+    if not args.quiet:
+        t = predictor.times.summary()
+        print(f"{n_ok} image(s), {n_det} detection(s); per image: decode {t['decode']*1e3:.1f} ms, "
+              f"preprocess {t['preprocess']*1e3:.1f} ms, inference {t['inference']*1e3:.1f} ms, "
+              f"postprocess {t['postprocess']*1e3:.1f} ms", file=sys.stderr)
+        for path in (args.save_json, args.save_txt, args.save_img):
+            if path:
+                print(f"saved {path}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} file(s) skipped:", file=sys.stderr)
+        for name, why in failures:
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 1
+    return 0

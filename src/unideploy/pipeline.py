@@ -1,0 +1,293 @@
+"""Predictor: model file -> session + spec + adapter; images -> results, batched and pipelined.
+
+Decoding and preprocessing of upcoming images run in worker threads (OpenCV releases the GIL) while the
+current batch is in the runtime, with a bounded look-ahead; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .backends.base import Session
+from .backends.registry import backend_for_path, get_backend
+from .errors import InputError, ModelError, UnideployError
+from .models import resolve_adapter
+from .models.base import Adapter
+from .ops.letterbox import LetterboxInfo
+from .sources import Item, Source, read_image
+from .spec import ModelSpec, read_spec
+
+MODEL_SUFFIXES = (".onnx", ".xml")
+
+
+@dataclass
+class StageTimes:
+    """Accumulated wall seconds per stage (decode and preprocess run in worker threads)."""
+
+    decode: list[float] = field(default_factory=list)
+    preprocess: list[float] = field(default_factory=list)
+    inference: list[float] = field(default_factory=list)
+    postprocess: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {k: float(np.mean(v)) if v else 0.0 for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Outcome:
+    """What happened to one item of a stream: its result, or the error that made it skip."""
+
+    item: Item
+    result: Any = None
+    error: UnideployError | None = None
+    image: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _resolve_model_path(model: str | os.PathLike) -> Path:
+    p = Path(model)
+    if p.is_dir():  # an OpenVINO export folder (Ultralytics' *_openvino_model/)
+        xmls = sorted(p.glob("*.xml"))
+        if len(xmls) == 1:
+            return xmls[0]
+        raise ModelError(f"{p}: expected a model file or a folder with one OpenVINO .xml, found {len(xmls)} .xml files")
+    if not p.exists():
+        raise ModelError(f"model file not found: {p}")
+    return p
+
+
+class Predictor:
+    """A model ready to predict.
+
+    Args:
+        model: path to a model file (.onnx, .xml, or a folder holding one .xml).
+        backend: backend name (default by file type: onnxruntime for .onnx, openvino for .xml).
+        device: device string for the backend ("cpu", "cuda:0", "CPU", "GPU", ...).
+        conf: confidence threshold. iou: NMS IoU threshold. max_det: detections kept per image.
+        imgsz: input size for dynamic models (must match a static model's input).
+        batch: images per inference call for dynamic-batch models.
+        family: force a model family adapter instead of recognising it.
+        agnostic: class-agnostic NMS. classes: keep only these class indices.
+        workers: decode/preprocess threads for streams.
+        spec: extra spec overrides (dict).
+        **backend_options: passed to ``Backend.open`` (threads, hint, cache_dir, ...).
+
+    Example:
+        >>> import unideploy
+        >>> with unideploy.load("model.onnx") as predictor:  # doctest: +SKIP
+        ...     dets = predictor("bus.jpg")
+        ...     print(dets.xyxy, dets.class_names)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        backend: str | None = None,
+        device: str | None = None,
+        *,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        imgsz: int | Sequence[int] | None = None,
+        batch: int | None = None,
+        family: str | None = None,
+        agnostic: bool = False,
+        classes: Sequence[int] | None = None,
+        workers: int = 2,
+        spec: dict[str, Any] | None = None,
+        **backend_options: Any,
+    ) -> None:
+        for name, v in (("conf", conf), ("iou", iou)):
+            if not 0.0 <= float(v) <= 1.0:
+                raise InputError(f"--{name} must be between 0 and 1, got {v}")
+        if batch is not None and int(batch) < 1:
+            raise InputError(f"--batch must be a positive integer, got {batch}")
+        self.path = _resolve_model_path(model)
+        self.backend_name = backend or backend_for_path(self.path)
+        backend_cls = get_backend(self.backend_name)
+        base_spec = read_spec(self.path, {**(spec or {}), "family": family} if family else spec)
+        self.session: Session = backend_cls.open(self.path, device, **backend_options)
+        try:
+            self.spec = self._finish_spec(base_spec, imgsz)
+            self.adapter: Adapter = resolve_adapter(self.spec, self.session.outputs, family)(self.spec, self.session.outputs)
+        except BaseException:
+            self.session.close()
+            raise
+        self.task = self.adapter.task
+        fixed = self.session.inputs[0].shape[0]
+        self.fixed_batch = fixed
+        self.batch = fixed or int(batch or 1)
+        if fixed and batch and int(batch) != fixed:
+            raise InputError(f"model input '{self.session.inputs[0].name}' has a fixed batch of {fixed}; --batch {batch} given")
+        self.options = dict(conf=float(conf), iou=float(iou), max_det=int(max_det), agnostic=bool(agnostic),
+                            classes=list(classes) if classes is not None else None)
+        self.workers = max(1, int(workers))
+        self.times = StageTimes()
+
+    # -- construction helpers -------------------------------------------------------------------
+    def _finish_spec(self, spec: ModelSpec, imgsz: Any) -> ModelSpec:
+        inp = self.session.inputs[0]
+        if len(inp.shape) != 4:
+            raise ModelError(f"input '{inp.name}' has shape {inp.describe()}; expected a 4-D image batch (N,C,H,W) or (N,H,W,C)")
+        nhwc = inp.shape[3] in (1, 3) and inp.shape[1] not in (1, 3)
+        hw = inp.shape[1:3] if nhwc else inp.shape[2:4]
+        static = (hw[0], hw[1]) if None not in hw else None
+        want = None
+        if imgsz is not None:
+            want = ModelSpec(imgsz=imgsz).imgsz
+        if static and want and want != static:
+            raise InputError(
+                f"model input '{inp.name}' is fixed at {inp.describe()}; --imgsz {want[0]}x{want[1]} given "
+                f"(use --imgsz {static[0]},{static[1]} or omit it)"
+            )
+        size = static or want or spec.imgsz or (640, 640)
+        return spec.updated(imgsz=size, layout="nhwc" if nhwc else "nchw", input_dtype=np.dtype(inp.dtype).name,
+                            batch=inp.shape[0])
+
+    # -- core -------------------------------------------------------------------------------------
+    def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+            raise InputError(f"image array must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        return self.adapter.preprocess(img)
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the session on a preprocessed batch, padding to a fixed batch size if needed."""
+        n = len(batch)
+        if self.fixed_batch and n < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, pad])
+        out = self.session.run({self.session.inputs[0].name: batch})
+        return [o[:n] if o.ndim and o.shape[0] == len(batch) else o for o in out]
+
+    def predict_arrays(self, images: Sequence[np.ndarray], **options: Any) -> list[Any]:
+        """Results for decoded BGR uint8 images (any number; split into model batches)."""
+        opts = {**self.options, **options}
+        results: list[Any] = []
+        for i in range(0, len(images), self.batch):
+            chunk = [self.preprocess(im) for im in images[i : i + self.batch]]
+            results.extend(self._run_chunk(chunk, opts))
+        return results
+
+    def _run_chunk(self, chunk: list[tuple[np.ndarray, LetterboxInfo]], opts: dict[str, Any]) -> list[Any]:
+        x = np.stack([c[0] for c in chunk])
+        t0 = time.perf_counter()
+        out = self.infer(x)
+        t1 = time.perf_counter()
+        res = self.adapter.postprocess(out, [c[1] for c in chunk], **opts)
+        t2 = time.perf_counter()
+        self.times.inference.append((t1 - t0) / len(chunk))
+        self.times.postprocess.append((t2 - t1) / len(chunk))
+        return res
+
+    def __call__(self, images: Any, **options: Any) -> Any:
+        """Predict one image (path or BGR array) -> one result; a list -> a list of results.
+
+        Raises:
+            ImageDecodeError: an image path cannot be read (use ``stream`` to skip bad files instead).
+        """
+        single = not isinstance(images, (list, tuple))
+        seq = [images] if single else list(images)
+        arrays = [im if isinstance(im, np.ndarray) else read_image(im) for im in seq]
+        res = self.predict_arrays(arrays, **options)
+        return res[0] if single else res
+
+    def stream(self, source: Any, *, keep_images: bool = False, vid_stride: int = 1, **options: Any) -> Iterator[Outcome]:
+        """Predict every item of a source, in order; bad items are yielded with their error, not raised.
+
+        Decoding and preprocessing run ``workers`` threads ahead of inference.
+
+        Raises:
+            SourceError: the source names nothing usable (before the first item).
+        """
+        src = source if isinstance(source, Source) else Source(source, vid_stride)
+        opts = {**self.options, **options}
+
+        def load(item: Item):
+            t0 = time.perf_counter()
+            img = item.load()
+            t1 = time.perf_counter()
+            x, info = self.preprocess(img)
+            t2 = time.perf_counter()
+            self.times.decode.append(t1 - t0)
+            self.times.preprocess.append(t2 - t1)
+            return img, x, info
+
+        ahead = max(2 * self.batch, 2 * self.workers + 1)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="unideploy-pre") as pool:
+            pending: deque[tuple[Item, Future]] = deque()
+            it = iter(src)
+            ready: list[tuple[Item, np.ndarray, np.ndarray, LetterboxInfo]] = []
+            exhausted = False
+            try:
+                while True:
+                    while not exhausted and len(pending) < ahead:
+                        try:
+                            item = next(it)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        pending.append((item, pool.submit(load, item)))
+                    if not pending and not ready:
+                        break
+                    failed: list[Outcome] = []
+                    while pending and len(ready) < self.batch:
+                        item, fut = pending.popleft()
+                        try:
+                            img, x, info = fut.result()
+                            ready.append((item, img, x, info))
+                        except UnideployError as e:
+                            failed.append(Outcome(item, error=e))
+                        if failed:
+                            break  # keep input order: flush what precedes the failure first
+                    if ready and (len(ready) == self.batch or failed or (exhausted and not pending)):
+                        res = self._run_chunk([(r[2], r[3]) for r in ready], opts)
+                        for (item, img, _, _), r in zip(ready, res):
+                            yield Outcome(item, r, image=img if keep_images else None)
+                        ready = []
+                    yield from failed
+            finally:
+                for _, fut in pending:
+                    fut.cancel()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def names(self) -> dict[int, str]:
+        return self.spec.names
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Predictor {self.path.name} {self.adapter.name} on {self.backend_name}:{self.session.device} imgsz={self.spec.imgsz}>"
+
+
+def load(model: str | os.PathLike, backend: str | None = None, device: str | None = None, **kwargs: Any) -> Predictor:
+    """Open a model for prediction. See :class:`Predictor` for the arguments.
+
+    Example:
+        >>> import unideploy
+        >>> predictor = unideploy.load("model.onnx", backend="openvino", device="CPU")  # doctest: +SKIP
+        >>> dets = predictor(["a.jpg", "b.jpg"])  # doctest: +SKIP
+    """
+    return Predictor(model, backend, device, **kwargs)

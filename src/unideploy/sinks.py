@@ -1,0 +1,134 @@
+"""Sinks: where results go. COCO results JSON, YOLO txt labels, annotated images.
+
+Every file is written atomically (temporary file in the same folder, then ``os.replace``), so an
+interrupted run never leaves a half-written file and never clobbers a good one with a bad one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .results import Detections
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (creating parent folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def coco_records(det: Detections, image_id: int, file_name: str) -> list[dict]:
+    """COCO results records of one image: category_id = class index + 1, bbox = [x, y, w, h]."""
+    return [
+        {
+            "image_id": image_id,
+            "file_name": file_name,
+            "category_id": int(c) + 1,
+            "bbox": [round(float(v), 3) for v in box],
+            "score": round(float(s), 5),
+        }
+        for box, s, c in zip(det.xywh, det.confidence, det.class_id)
+    ]
+
+
+def yolo_txt(det: Detections, with_conf: bool = True) -> str:
+    """YOLO label text: ``class cx cy w h [conf]`` normalised to the image size, one box per line."""
+    if det.image_shape is None:
+        raise ValueError("Detections.image_shape is needed to normalise YOLO labels")
+    h, w = det.image_shape
+    lines = []
+    for (x1, y1, x2, y2), s, c in zip(det.xyxy, det.confidence, det.class_id):
+        vals = [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
+        line = f"{int(c)} " + " ".join(f"{v:.6f}" for v in vals)
+        lines.append(line + (f" {s:.5f}" if with_conf else ""))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _colour(k: int) -> tuple[int, int, int]:
+    rng = np.random.default_rng(k * 7919 + 17)
+    return tuple(int(v) for v in rng.integers(60, 255, 3))  # type: ignore[return-value]
+
+
+def draw_detections(img: np.ndarray, det: Detections) -> np.ndarray:
+    """A copy of ``img`` (BGR) with boxes, class names and scores drawn."""
+    out = img.copy()
+    lw = max(1, round(sum(out.shape[:2]) / 2 * 0.003))
+    for (x1, y1, x2, y2), s, c, name in zip(det.xyxy, det.confidence, det.class_id, det.class_names):
+        col = _colour(int(c))
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(out, p1, p2, col, lw, cv2.LINE_AA)
+        label = f"{name} {s:.2f}"
+        fs = max(lw / 3, 0.4)
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, max(lw - 1, 1))
+        y = p1[1] - th - 3 if p1[1] - th - 3 >= 0 else p1[1] + th + 3
+        cv2.rectangle(out, (p1[0], y), (p1[0] + tw, y + th + 3) if y > p1[1] else (p1[0] + tw, p1[1]), col, -1)
+        cv2.putText(out, label, (p1[0], (y + th + 1) if y > p1[1] else p1[1] - 2), cv2.FONT_HERSHEY_SIMPLEX, fs,
+                    (255, 255, 255), max(lw - 1, 1), cv2.LINE_AA)
+    return out
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Encode ``img`` by the path's suffix and write it atomically."""
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".jpg", img)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode an image as {path.suffix}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+class Sinks:
+    """The outputs of one predict run: COCO JSON, YOLO txt folder, annotated-image folder (each optional)."""
+
+    def __init__(self, save_json: str | None = None, save_txt: str | None = None, save_img: str | None = None):
+        self.json_path = Path(save_json) if save_json else None
+        self.txt_dir = Path(save_txt) if save_txt else None
+        self.img_dir = Path(save_img) if save_img else None
+        self.records: list[dict] = []
+        for d in (self.txt_dir, self.img_dir):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def wants_image(self) -> bool:
+        return self.img_dir is not None
+
+    def add(self, name: str, index: int, det: Detections, image: np.ndarray | None = None) -> None:
+        stem = Path(name.replace("#", "_")).stem
+        if self.json_path is not None:
+            self.records.extend(coco_records(det, index + 1, name))
+        if self.txt_dir is not None:
+            atomic_write_text(self.txt_dir / f"{stem}.txt", yolo_txt(det))
+        if self.img_dir is not None and image is not None:
+            suffix = Path(name).suffix.lower()
+            suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
+            write_image(self.img_dir / f"{stem}{suffix}", draw_detections(image, det))
+
+    def close(self) -> None:
+        if self.json_path is not None:
+            atomic_write_json(self.json_path, self.records)

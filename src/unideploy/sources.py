@@ -1,0 +1,176 @@
+"""Sources: images, folders, globs and video files -> decoded BGR uint8 images.
+
+Decoding follows Ultralytics (``cv2.imdecode(np.fromfile(path), IMREAD_COLOR)``: EXIF orientation
+applied, grayscale expanded to 3 channels, alpha dropped, 16-bit reduced to 8-bit). Every failure is an
+:class:`ImageDecodeError` with the reason, so a batch job can skip the file and report it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from .errors import ImageDecodeError, SourceError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo", ".pfm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".wmv", ".webm", ".gif", ".asf", ".ts")
+#: images larger than this many pixels are refused (decompression bombs)
+MAX_PIXELS = 100_000_000
+
+
+@dataclass
+class Item:
+    """One unit of work from a source: a name for reports and sinks, and a way to get its pixels."""
+
+    name: str
+    index: int  # 0-based position in the source
+    load: Callable[[], np.ndarray]
+    path: Path | None = None
+    frame: int | None = None
+
+
+def _jpeg_truncated(data: np.ndarray) -> bool:
+    tail = data[-4096:].tobytes().rstrip(b"\x00\r\n ")
+    return b"\xff\xd9" not in tail[-4096:]
+
+
+def decode_image(data: np.ndarray | bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to a BGR uint8 HWC array.
+
+    Raises:
+        ImageDecodeError: empty, truncated, too large, or not a decodable image.
+    """
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        raise ImageDecodeError(f"{name}: expected an image, got an empty file")
+    head = buf[:4].tobytes()
+    if head[:3] == b"\xff\xd8\xff" and _jpeg_truncated(buf):
+        raise ImageDecodeError(f"{name}: expected a complete JPEG, got a truncated one (no end-of-image marker)")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageDecodeError(f"{name}: expected an image ({', '.join(s[1:] for s in IMAGE_SUFFIXES[:6])}…), got data OpenCV cannot decode")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise ImageDecodeError(f"{name}: image has {img.shape[1]}x{img.shape[0]} pixels, above the limit of {MAX_PIXELS}")
+    return img
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image file as BGR uint8 (H, W, 3).
+
+    Raises:
+        ImageDecodeError: missing, unreadable, empty, truncated or not an image.
+
+    Example:
+        >>> img = read_image("bus.jpg")  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        data = np.fromfile(p, np.uint8)
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{p}: expected an image file, but it does not exist") from None
+    except (PermissionError, IsADirectoryError, OSError) as e:
+        raise ImageDecodeError(f"{p}: expected a readable image file, got {type(e).__name__}: {e.strerror or e}") from None
+    return decode_image(data, str(p))
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_video(p: Path) -> bool:
+    return p.suffix.lower() in VIDEO_SUFFIXES
+
+
+def list_images(source: str | os.PathLike) -> list[Path]:
+    """Image files named by ``source`` (a file, a folder or a glob), sorted by name.
+
+    Raises:
+        SourceError: nothing matches.
+    """
+    s = str(source)
+    p = Path(s)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and _is_image(f))
+        if not files:
+            raise SourceError(f"{p}: expected a folder of images ({', '.join(IMAGE_SUFFIXES)}), found none")
+        return files
+    if p.is_file():
+        return [p]
+    if any(ch in s for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if Path(f).is_file() and _is_image(Path(f)))
+        if not files:
+            raise SourceError(f"glob {s!r}: expected it to match image files, it matched none")
+        return files
+    raise SourceError(f"{s}: expected an image, a folder, a glob or a video file; no such file or folder")
+
+
+def iter_video(path: Path, vid_stride: int = 1, start_index: int = 0) -> Iterator[Item]:
+    """Frames of a video file as items (decoded eagerly: a capture cannot seek cheaply)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SourceError(f"{path}: expected a video OpenCV can open, it could not open it")
+    try:
+        frame_no = 0
+        idx = start_index
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if frame_no % vid_stride == 0:
+                yield Item(f"{path.name}#{frame_no:06d}", idx, (lambda f=frame: f), path, frame_no)
+                idx += 1
+            frame_no += 1
+    finally:
+        cap.release()
+
+
+class Source:
+    """A resolved source: an image, folder, glob, video file, or a list of paths / arrays.
+
+    Resolution happens in the constructor, so a source that names nothing fails before any work.
+
+    Raises:
+        SourceError: the source names nothing usable.
+
+    Example:
+        >>> src = Source("images/")  # doctest: +SKIP
+        >>> len(src), [item.name for item in src][:2]  # doctest: +SKIP
+    """
+
+    def __init__(self, source: str | os.PathLike | list | tuple, vid_stride: int = 1) -> None:
+        self.vid_stride = max(1, int(vid_stride))
+        self.video: Path | None = None
+        self.entries: list = []
+        if isinstance(source, (list, tuple)):
+            self.entries = list(source)
+            return
+        p = Path(str(source))
+        if p.is_file() and _is_video(p):
+            self.video = p
+        else:
+            self.entries = list_images(source)
+
+    def __len__(self) -> int:
+        if self.video is None:
+            return len(self.entries)
+        cap = cv2.VideoCapture(str(self.video))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        return max(0, -(-n // self.vid_stride))  # an estimate: containers may lie
+
+    def __iter__(self) -> Iterator[Item]:
+        if self.video is not None:
+            yield from iter_video(self.video, self.vid_stride)
+            return
+        for i, obj in enumerate(self.entries):
+            if isinstance(obj, np.ndarray):
+                yield Item(f"image{i}", i, (lambda a=obj: a))
+            else:
+                path = Path(obj)
+                yield Item(path.name, i, (lambda q=path: read_image(q)), path)

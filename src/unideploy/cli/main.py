@@ -10,6 +10,10 @@ import sys
 #: subcommand -> module in unideploy.cli providing ``add_parser(subparsers)`` and ``run(args) -> int``
 COMMANDS = {
     "predict": "predict",
+    "preprocess": "preprocess",
+    "infer": "infer",
+    "postprocess": "postprocess",
+    "eval": "eval",
 }
 
 

@@ -1,0 +1,59 @@
+"""``unideploy eval MODEL --data DATA``: COCO mAP (detectors) or top-k accuracy (classifiers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_flags, predictor_kwargs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy on a labelled data set (COCO mAP, top-k)",
+                       description="Evaluate a model on a COCO JSON + images, an Ultralytics data.yaml (val split), "
+                                   "or a folder with one sub-folder per class (classifiers).")
+    add_model_flags(p)
+    p.add_argument("--data", required=True, help="COCO instances JSON, data.yaml, or class-per-folder directory")
+    p.add_argument("--images", default=None, help="image folder for a COCO JSON (default: found beside it)")
+    p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (default 0.001)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-det", type=int, default=300, help="detections per image (default 300)")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
+    p.add_argument("--save-predictions", metavar="FILE", default=None, help="write the COCO results JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def format_report(r: dict) -> str:
+    lines = []
+    if "mAP50-95" in r:
+        lines.append(f"{r['model']} on {r['backend']}:{r['device']} — {r['images']} images, {r['images_per_s']:.1f} images/s")
+        lines.append(f"  mAP50-95 {r['mAP50-95']:.4f}   mAP50 {r['mAP50']:.4f}   mAP75 {r['mAP75']:.4f}")
+        width = max([len(n) for n in r["per_class"]] + [5])
+        lines.append(f"  {'class':<{width}}  AP50-95   AP50")
+        for name, v in r["per_class"].items():
+            lines.append(f"  {name:<{width}}  {v['AP50-95']:.4f}   {v['AP50']:.4f}")
+    else:
+        lines.append(f"top1 {r.get('top1', 0):.4f}   top5 {r.get('top5', 0):.4f}   images {r.get('images')}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+    from ..sinks import atomic_write_json
+
+    preds: list = []
+    report = evaluate(args.model, args.data, images=args.images, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                      progress=not args.quiet, predictions_out=preds, **predictor_kwargs(args))
+    print(format_report(report))
+    for w in report.get("warnings", [])[:20]:
+        print(f"warning: {w}", file=sys.stderr)
+    if len(report.get("warnings", [])) > 20:
+        print(f"warning: … {len(report['warnings']) - 20} more label warnings (see --json)", file=sys.stderr)
+    for s in report.get("skipped", []):
+        print(f"skipped: {s}", file=sys.stderr)
+    if args.json:
+        atomic_write_json(args.json, report)
+    if args.save_predictions:
+        atomic_write_json(args.save_predictions, preds)
+    return 1 if report.get("skipped") else 0

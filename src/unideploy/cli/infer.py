@@ -1,0 +1,35 @@
+"""``unideploy infer MODEL --input DIR[,DIR2] --output DIR``: tensor files -> output files (stage 2 of 3)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="offline stage 2: tensor files -> output files (any backend)",
+                       description="Run a model on folders of .npy/.bin tensor files (one folder per model input, "
+                                   "files matched by name) and write <stem>_<output index>.<fmt> files into a "
+                                   "date-time subfolder of --output (ais_bench conventions).")
+    p.add_argument("model", help="model file (.onnx, OpenVINO .xml or its folder, ...)")
+    p.add_argument("--input", required=True, metavar="DIR[,DIR2…]", help="one folder per model input, in input order")
+    p.add_argument("--output", required=True, metavar="DIR", help="parent folder of the output subfolder")
+    p.add_argument("--outfmt", default="npy", choices=["npy", "bin", "txt"], help="output file format (default npy)")
+    p.add_argument("--batchsize", type=int, default=None, help="samples per run (default: the model's batch or 1)")
+    p.add_argument("--output-dirname", default=None, metavar="NAME", help="subfolder name instead of the date-time")
+    p.add_argument("--backend", default=None, help="runtime: onnxruntime, openvino, ... (default: by file type)")
+    p.add_argument("--device", default=None, help="device, e.g. cpu, cuda:0, CPU, GPU")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's choice)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..offline import infer
+
+    opts = {"threads": args.threads} if args.threads else {}
+    rep = infer(args.model, args.input, args.output, outfmt=args.outfmt, batchsize=args.batchsize,
+                output_dirname=args.output_dirname, backend=args.backend, device=args.device, **opts)
+    print(f"{len(rep.stems)} sample(s) in {rep.batches} batch(es), {rep.mean_ms:.2f} ms per batch; outputs in "
+          f"{rep.output_dir}", file=sys.stderr)
+    print(rep.output_dir)
+    return 0

@@ -1,0 +1,45 @@
+"""``unideploy postprocess MODEL --input OUTDIR --manifest FILE``: output files -> results (stage 3 of 3)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("postprocess", help="offline stage 3: output files + manifest -> detections",
+                       description="Turn the output files of 'unideploy infer' back into detections with the model "
+                                   "family's postprocessing and the manifest of 'unideploy preprocess'.")
+    p.add_argument("model", help="model file (class names; outputs when OUTDIR has no outputs.json)")
+    p.add_argument("--input", required=True, metavar="OUTDIR", help="output folder written by 'unideploy infer'")
+    p.add_argument("--manifest", required=True, metavar="FILE", help="manifest.json written by 'unideploy preprocess'")
+    p.add_argument("--family", default=None, help="force the model family adapter (default: recognised)")
+    p.add_argument("--backend", default=None, help="backend used to read the outputs when there is no outputs.json")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--classes", default=None, help="keep only these class indices, e.g. 0,2")
+    p.add_argument("--save-json", metavar="FILE", default=None, help="write COCO results JSON")
+    p.add_argument("--save-txt", metavar="DIR", default=None, help="write YOLO txt labels (with confidence)")
+    p.add_argument("--save-img", metavar="DIR", default=None, help="write annotated images (sources must be readable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..offline import postprocess
+
+    for name, v in (("conf", args.conf), ("iou", args.iou)):
+        if not 0.0 <= v <= 1.0:
+            raise InputError(f"--{name} must be between 0 and 1, got {v}")
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    res = postprocess(args.model, args.input, args.manifest, save_json=args.save_json, save_txt=args.save_txt,
+                      save_img=args.save_img, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                      agnostic=args.agnostic_nms, classes=classes, family=args.family, backend=args.backend)
+    n = sum(len(r) for _, r in res)
+    print(f"{len(res)} image(s), {n} result(s)", file=sys.stderr)
+    for path in (args.save_json, args.save_txt, args.save_img):
+        if path:
+            print(f"saved {path}", file=sys.stderr)
+    return 0

@@ -84,18 +84,16 @@ def build_random_yolo(cfg: str, out_dir: str | Path, imgsz: int | tuple[int, int
         torch.manual_seed(0)
         model = YOLO(cfg)
         randomise(model.model, imgsz)
-        onnx_path = Path(model.export(format="onnx", imgsz=imgsz, simplify=True, verbose=False))
-        dest = out_dir / f"{Path(cfg).stem}.onnx"
-        onnx_path.replace(dest)
+        onnx_path = Path(model.export(format="onnx", imgsz=imgsz, simplify=True, verbose=False)).resolve()
+        dest = (out_dir / f"{Path(cfg).stem}.onnx").resolve()
+        if onnx_path != dest:
+            onnx_path.replace(dest)
         out = {"onnx": dest}
         if openvino:
-            ov_dir = Path(model.export(format="openvino", imgsz=imgsz, verbose=False))
-            target = out_dir / f"{Path(cfg).stem}_openvino_model"
-            if target.exists() and target != ov_dir:
-                import shutil
-
-                shutil.rmtree(target)
-            ov_dir.replace(target)
+            ov_dir = Path(model.export(format="openvino", imgsz=imgsz, verbose=False)).resolve()
+            target = (out_dir / f"{Path(cfg).stem}_openvino_model").resolve()
+            if ov_dir != target:
+                ov_dir.replace(target)
             out["openvino"] = next(target.glob("*.xml"))
         return out
     finally:

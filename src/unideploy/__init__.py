@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": "pipeline",
+    "compare": "compare",
     "Predictor": "pipeline",
     "Detections": "results",
     "Classifications": "results",

@@ -1,0 +1,88 @@
+"""``unideploy compare REF CANDIDATE --data SOURCE``: do two deployments of a model give the same answers?"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+REF and CANDIDATE are MODEL[@backend[:device]], e.g.
+  yolov8n.onnx@onnxruntime   yolov8n_openvino_model@openvino:CPU   yolov8n.onnx@onnxruntime:cuda:0
+
+examples:
+  unideploy compare yolov8n.onnx yolov8n_openvino_model@openvino --data images/ --samples 50
+  unideploy compare yolov8n.onnx yolov8n_int8.onnx --data images/ --level task --json report.json
+  unideploy compare m.onnx m.onnx@onnxruntime:cuda:0 --random --samples 4 --layers
+
+exit status: 0 when every check passes, 1 when one fails (or on an error).
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="check that a converted / quantised model still gives the same answers",
+                       description="Run a reference and a candidate model on the same inputs and compare raw "
+                                   "outputs (tensor level) and detections / classes (task level).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ref", metavar="REF", help="reference: MODEL[@backend[:device]]")
+    p.add_argument("candidate", metavar="CANDIDATE", help="candidate: MODEL[@backend[:device]]")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="SOURCE", help="image file, folder, glob (quote it) or video")
+    src.add_argument("--random", action="store_true", help="feed random-noise images instead of --data")
+    p.add_argument("--samples", type=int, default=None, help="compare at most N images (default: all; 8 with --random)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random inputs (default 0)")
+    p.add_argument("--level", choices=("all", "tensor", "task"), default="all",
+                   help="what to compare: raw outputs, detections/classes, or both (default all)")
+    g = p.add_argument_group("tensor-level thresholds")
+    g.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (default 1e-3)")
+    g.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    g.add_argument("--max-fail-pct", type=float, default=0.1,
+                   help="most elements allowed outside atol + rtol*|ref|, in percent (default 0.1)")
+    g.add_argument("--min-cosine", type=float, default=0.999, help="lowest per-image cosine similarity (default 0.999)")
+    t = p.add_argument_group("task-level settings and thresholds")
+    t.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the detections (default 0.25)")
+    t.add_argument("--iou", type=float, default=0.5, help="IoU for two boxes to be the same detection (default 0.5)")
+    t.add_argument("--nms-iou", type=float, default=0.7, help="NMS IoU threshold of both models (default 0.7)")
+    t.add_argument("--max-missed-frac", type=float, default=0.05,
+                   help="most reference boxes allowed unmatched in the candidate (default 0.05)")
+    t.add_argument("--max-extra-frac", type=float, default=0.05,
+                   help="most candidate boxes allowed unmatched in the reference (default 0.05)")
+    t.add_argument("--max-score-delta", type=float, default=0.1, help="largest score change of a matched box (default 0.1)")
+    t.add_argument("--max-shift-px", type=float, default=4.0,
+                   help="largest box-corner shift of a matched box, original-image pixels (default 4)")
+    t.add_argument("--min-top1", type=float, default=0.99, help="lowest top-1 agreement of classifiers (default 0.99)")
+    t.add_argument("--max-prob-delta", type=float, default=0.1, help="largest class-probability change (default 0.1)")
+    p.add_argument("--layers", action="store_true",
+                   help="ONNX models: compare every intermediate tensor and name the first diverging layer")
+    p.add_argument("--imgsz", default=None, help="input size for dynamic models: 640 or 480,640")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads of each model")
+    p.add_argument("--worst", type=int, default=5, help="worst images to list (default 5)")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare import Thresholds, compare
+
+    th = Thresholds(atol=args.atol, rtol=args.rtol, max_fail_pct=args.max_fail_pct, min_cosine=args.min_cosine,
+                    max_missed_frac=args.max_missed_frac, max_extra_frac=args.max_extra_frac,
+                    max_score_delta=args.max_score_delta, max_shift_px=args.max_shift_px,
+                    min_top1_agreement=args.min_top1, max_prob_delta=args.max_prob_delta)
+    options: dict = {}
+    if args.imgsz:
+        options["imgsz"] = args.imgsz
+    if args.threads:
+        options["threads"] = args.threads
+    result = compare(args.ref, args.candidate, args.data, samples=args.samples, random=args.random, seed=args.seed,
+                     level=args.level, conf=args.conf, iou=args.iou, nms_iou=args.nms_iou, thresholds=th,
+                     layers=args.layers, worst=args.worst, options=options,
+                     progress=not args.quiet and sys.stderr.isatty())
+    if args.json:
+        result.save_json(args.json)
+    if args.quiet:
+        print(result.table().splitlines()[-1])
+    else:
+        print(result.table())
+        if args.json:
+            print(f"saved {args.json}", file=sys.stderr)
+    return 0 if result.passed else 1

@@ -7,9 +7,13 @@ current batch is in the runtime, with a bounded look-ahead; results come back in
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,6 +30,22 @@ from .sources import Item, Source, read_image
 from .spec import ModelSpec, read_spec
 
 MODEL_SUFFIXES = (".onnx", ".xml")
+#: seconds between checks of a stream's stop flag while a thread waits
+_POLL = 0.05
+
+
+class _Stopped(Exception):
+    """Internal: a stream was closed while a stage was waiting."""
+
+
+def _wait(fut: Future, stop: threading.Event) -> Any:
+    """``fut.result()``, waking up regularly so that a closed stream (or Ctrl-C) is noticed."""
+    while True:
+        try:
+            return fut.result(timeout=_POLL)
+        except FutureTimeout:
+            if stop.is_set():
+                raise _Stopped() from None
 
 
 @dataclass
@@ -80,6 +100,8 @@ class Predictor:
         family: force a model family adapter instead of recognising it.
         agnostic: class-agnostic NMS. classes: keep only these class indices.
         workers: decode/preprocess threads for streams.
+        requests: inference runs in flight for streams (default: the runtime's optimal number, at least 2,
+            so the next batch is queued while one runs).
         spec: extra spec overrides (dict).
         **backend_options: passed to ``Backend.open`` (threads, hint, cache_dir, ...).
 
@@ -105,6 +127,7 @@ class Predictor:
         agnostic: bool = False,
         classes: Sequence[int] | None = None,
         workers: int = 2,
+        requests: int | None = None,
         spec: dict[str, Any] | None = None,
         **backend_options: Any,
     ) -> None:
@@ -133,7 +156,11 @@ class Predictor:
         self.options = dict(conf=float(conf), iou=float(iou), max_det=int(max_det), agnostic=bool(agnostic),
                             classes=list(classes) if classes is not None else None)
         self.workers = max(1, int(workers))
+        if requests is not None and int(requests) < 1:
+            raise InputError(f"requests must be a positive integer, got {requests}")
+        self.requests = int(requests) if requests else max(2, self.session.optimal_requests())
         self.times = StageTimes()
+        self._streams: weakref.WeakSet = weakref.WeakSet()
 
     # -- construction helpers -------------------------------------------------------------------
     def _finish_spec(self, spec: ModelSpec, imgsz: Any) -> ModelSpec:
@@ -206,63 +233,166 @@ class Predictor:
         res = self.predict_arrays(arrays, **options)
         return res[0] if single else res
 
-    def stream(self, source: Any, *, keep_images: bool = False, vid_stride: int = 1, **options: Any) -> Iterator[Outcome]:
+    def stream(self, source: Any, *, keep_images: bool = False, vid_stride: int = 1, requests: int | None = None,
+               **options: Any) -> Iterator[Outcome]:
         """Predict every item of a source, in order; bad items are yielded with their error, not raised.
 
-        Decoding and preprocessing run ``workers`` threads ahead of inference.
+        The stages overlap: a dispatcher thread reads the source and hands decoding + preprocessing to
+        ``workers`` threads (bounded look-ahead), batches the results in input order and starts inference
+        through the session's :class:`~unideploy.backends.base.AsyncRunner` (``requests`` runs in flight:
+        OpenVINO ``AsyncInferQueue``, several ONNX Runtime runs); a postprocess thread turns each batch's
+        outputs into results while the next batches run. Every queue is bounded, and closing the generator
+        (``break``, an exception, Ctrl-C) stops and joins all of its threads before it returns.
+
+        Args:
+            source: anything :class:`~unideploy.sources.Source` accepts, or a Source.
+            keep_images: attach the decoded image to each Outcome (for drawing).
+            vid_stride: use every N-th video frame.
+            requests: inference runs in flight (default: the Predictor's ``requests``).
+            **options: postprocessing overrides (conf, iou, max_det, ...).
 
         Raises:
             SourceError: the source names nothing usable (before the first item).
+            BackendError: the runtime failed on a batch.
+
+        Example:
+            >>> with unideploy.load("model.onnx") as p:  # doctest: +SKIP
+            ...     for out in p.stream("images/"):
+            ...         print(out.item.name, out.result if out.ok else out.error)
         """
+        gen = self._stream(source, keep_images, vid_stride, requests, options)
+        self._streams.add(gen)
+        return gen
+
+    def _stream(self, source: Any, keep_images: bool, vid_stride: int, requests: int | None,
+                options: dict[str, Any]) -> Iterator[Outcome]:
         src = source if isinstance(source, Source) else Source(source, vid_stride)
         opts = {**self.options, **options}
+        n_req = max(1, int(requests or self.requests))
+        stop = threading.Event()
+        # slots in input order: ("err", Outcome) | ("batch", Future[results], rows) | ("exc", exception)
+        out_q: queue.Queue = queue.Queue(maxsize=n_req + 2)
+        times = self.times
 
-        def load(item: Item):
+        def put(entry: tuple) -> bool:
+            while not stop.is_set():
+                try:
+                    out_q.put(entry, timeout=_POLL)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def load(item: Item) -> tuple[np.ndarray, np.ndarray, LetterboxInfo]:
+            if stop.is_set():
+                raise _Stopped()
             t0 = time.perf_counter()
             img = item.load()
             t1 = time.perf_counter()
             x, info = self.preprocess(img)
             t2 = time.perf_counter()
-            self.times.decode.append(t1 - t0)
-            self.times.preprocess.append(t2 - t1)
+            times.decode.append(t1 - t0)
+            times.preprocess.append(t2 - t1)
             return img, x, info
 
-        ahead = max(2 * self.batch, 2 * self.workers + 1)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="unideploy-pre") as pool:
-            pending: deque[tuple[Item, Future]] = deque()
-            it = iter(src)
-            ready: list[tuple[Item, np.ndarray, np.ndarray, LetterboxInfo]] = []
-            exhausted = False
+        def post(fut: Future, rows: list[tuple[Item, np.ndarray | None, LetterboxInfo]]) -> list[Any]:
+            out = _wait(fut, stop)
+            n = len(rows)
+            t_inf = getattr(fut, "finished", 0.0) - getattr(fut, "started", 0.0)
+            if self.fixed_batch and n < self.fixed_batch:
+                out = [o[:n] if o.ndim and o.shape[0] == self.fixed_batch else o for o in out]
+            t1 = time.perf_counter()
+            res = self.adapter.postprocess(out, [r[2] for r in rows], **opts)
+            t2 = time.perf_counter()
+            times.inference.append(t_inf / n)
+            times.postprocess.append((t2 - t1) / n)
+            return res
+
+        def flush(rows: list[tuple[Item, np.ndarray, np.ndarray, LetterboxInfo]]) -> bool:
+            x = np.stack([r[2] for r in rows])
+            if self.fixed_batch and len(rows) < self.fixed_batch:
+                x = np.concatenate([x, np.zeros((self.fixed_batch - len(rows), *x.shape[1:]), x.dtype)])
+            fut = runner.submit({self.session.inputs[0].name: x})
+            kept = [(r[0], r[1] if keep_images else None, r[3]) for r in rows]
+            return put(("batch", post_pool.submit(post, fut, kept), kept))
+
+        def dispatch() -> None:
             try:
-                while True:
-                    while not exhausted and len(pending) < ahead:
+                window: deque[tuple[Item, Future]] = deque()
+                it = iter(src)
+                rows: list[tuple[Item, np.ndarray, np.ndarray, LetterboxInfo]] = []
+                exhausted = False
+                while not stop.is_set():
+                    while not exhausted and len(window) < ahead:
                         try:
                             item = next(it)
                         except StopIteration:
                             exhausted = True
                             break
-                        pending.append((item, pool.submit(load, item)))
-                    if not pending and not ready:
+                        window.append((item, pre_pool.submit(load, item)))
+                    if not window:
                         break
-                    failed: list[Outcome] = []
-                    while pending and len(ready) < self.batch:
-                        item, fut = pending.popleft()
-                        try:
-                            img, x, info = fut.result()
-                            ready.append((item, img, x, info))
-                        except UnideployError as e:
-                            failed.append(Outcome(item, error=e))
-                        if failed:
-                            break  # keep input order: flush what precedes the failure first
-                    if ready and (len(ready) == self.batch or failed or (exhausted and not pending)):
-                        res = self._run_chunk([(r[2], r[3]) for r in ready], opts)
-                        for (item, img, _, _), r in zip(ready, res):
-                            yield Outcome(item, r, image=img if keep_images else None)
-                        ready = []
-                    yield from failed
+                    item, fut = window.popleft()
+                    try:
+                        img, x, info = _wait(fut, stop)
+                    except UnideployError as e:
+                        if rows and not flush(rows):  # keep input order: what precedes the failure goes first
+                            return
+                        rows = []
+                        if not put(("err", Outcome(item, error=e))):
+                            return
+                        continue
+                    rows.append((item, img, x, info))
+                    if len(rows) == self.batch:
+                        if not flush(rows):
+                            return
+                        rows = []
+                if rows and not stop.is_set():
+                    flush(rows)
+            except _Stopped:
+                pass
+            except BaseException as e:  # a bug or a runtime failure: re-raised in the consumer
+                put(("exc", e))
             finally:
-                for _, fut in pending:
+                for _, fut in window:
                     fut.cancel()
+                put(("done",))
+
+        ahead = max(2 * self.batch, 2 * self.workers + 1)
+        pre_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="unideploy-pre")
+        post_pool = ThreadPoolExecutor(1, thread_name_prefix="unideploy-post")
+        runner = self.session.async_runner(n_req)
+        dispatcher = threading.Thread(target=dispatch, name="unideploy-dispatch", daemon=True)
+        try:
+            dispatcher.start()
+            while True:
+                try:
+                    entry = out_q.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                kind = entry[0]
+                if kind == "done":
+                    break
+                if kind == "exc":
+                    raise entry[1]
+                if kind == "err":
+                    yield entry[1]
+                    continue
+                results = _wait(entry[1], stop)
+                for (item, img, _), r in zip(entry[2], results):
+                    yield Outcome(item, r, image=img)
+        finally:
+            stop.set()
+            while dispatcher.is_alive():
+                try:  # unblock a dispatcher waiting to put
+                    while True:
+                        out_q.get_nowait()
+                except queue.Empty:
+                    pass
+                dispatcher.join(_POLL)
+            pre_pool.shutdown(wait=True, cancel_futures=True)
+            post_pool.shutdown(wait=True, cancel_futures=True)
+            runner.close()
 
     # -- lifecycle --------------------------------------------------------------------------------
     @property
@@ -270,6 +400,12 @@ class Predictor:
         return self.spec.names
 
     def close(self) -> None:
+        """Stop the streams still open on this predictor (joining their threads), then close the session."""
+        for gen in list(self._streams):
+            try:
+                gen.close()
+            except ValueError:  # running in another thread: it stops when that thread closes it
+                pass
         self.session.close()
 
     def __enter__(self) -> Predictor:

@@ -7,13 +7,25 @@ a run into host->device copy, compute and device->host copy report it in ``Sessi
 the benchmark owns the clock, backends only expose the hooks.
 
 Adding a backend = one module with a :class:`Backend` subclass + one line in ``registry.py``.
+
+Asynchronous runs (optional hooks, used by the pipelined ``Predictor.stream`` and by ``unideploy bench
+--mode async``): ``Session.async_runner(requests)`` returns an :class:`AsyncRunner` whose ``submit(feeds)``
+returns a ``concurrent.futures.Future`` of the outputs and blocks while ``requests`` runs are already in
+flight; ``Session.optimal_requests()`` is the runtime's suggestion for ``requests``. The default runner
+calls ``Session.run`` from ``requests`` worker threads (serialised by the session lock unless the session
+is ``thread_safe``, so several ONNX Runtime runs can be in flight), which already overlaps inference with
+the caller's work; a backend with a native queue overrides ``async_runner`` (OpenVINO: ``AsyncInferQueue``).
+Each future carries ``started`` / ``finished`` (``time.perf_counter()`` stamps of the run itself, queueing
+excluded) for latency statistics.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -125,6 +137,20 @@ class Session(ABC):
                 raise InputError(f"input '{name}' expects {info.describe()}, got {got}")
         return feeds
 
+    def optimal_requests(self) -> int:
+        """How many runs the runtime suggests keeping in flight for throughput (default 1)."""
+        return 1
+
+    def async_runner(self, requests: int | None = None) -> AsyncRunner:
+        """A runner that keeps up to ``requests`` runs of this session in flight (see :class:`AsyncRunner`).
+
+        Example:
+            >>> with session.async_runner(2) as runner:  # doctest: +SKIP
+            ...     futures = [runner.submit(x) for x in batches]
+            ...     outputs = [f.result() for f in futures]
+        """
+        return AsyncRunner(self, requests or self.optimal_requests())
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -144,6 +170,91 @@ class Session(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path.name} on {self.device}>"
+
+
+class AsyncRunner:
+    """Keeps up to ``requests`` runs of a session in flight; ``submit`` returns a Future of the outputs.
+
+    This default implementation calls ``session.run`` from ``requests`` worker threads (named
+    ``unideploy-infer``). ``submit`` checks the feeds first (raising InputError in the caller) and blocks
+    while all requests are busy. Each returned future has ``started`` and ``finished`` attributes
+    (``time.perf_counter()`` stamps around the run). ``close`` waits for the runs in flight and is idempotent.
+
+    Args:
+        session: an open session.
+        requests: runs in flight at most (>= 1).
+
+    Example:
+        >>> with session.async_runner(2) as runner:  # doctest: +SKIP
+        ...     fut = runner.submit(x)
+        ...     outputs = fut.result()
+    """
+
+    def __init__(self, session: Session, requests: int = 1) -> None:
+        if int(requests) < 1:
+            raise InputError(f"requests must be a positive integer, got {requests}")
+        self.session = session
+        self.requests = int(requests)
+        self._slots = threading.BoundedSemaphore(self.requests)
+        self._closed = False
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _start(self, feeds: dict[str, np.ndarray], fut: Future) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.requests, thread_name_prefix="unideploy-infer")
+        self._pool.submit(self._job, feeds, fut)
+
+    def _job(self, feeds: dict[str, np.ndarray], fut: Future) -> None:
+        try:
+            fut.started = time.perf_counter()  # type: ignore[attr-defined]
+            out = self.session.run(feeds)
+            fut.finished = time.perf_counter()  # type: ignore[attr-defined]
+        except BaseException as e:  # delivered to whoever waits on the future
+            self._slots.release()
+            fut.set_exception(e)
+            return
+        self._slots.release()
+        fut.set_result(out)
+
+    def submit(self, feeds: dict[str, np.ndarray] | np.ndarray | Sequence[np.ndarray]) -> Future:
+        """Start one run; blocks while ``requests`` runs are in flight. Returns a Future of the outputs."""
+        if self._closed:
+            raise BackendError(f"async runner of {self.session!r} is closed")
+        feeds = self.session.check_feeds(feeds)
+        self._slots.acquire()
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        try:
+            self._start(feeds, fut)
+        except BaseException:
+            self._slots.release()
+            raise
+        return fut
+
+    def wait_all(self) -> None:
+        """Block until no run is in flight."""
+        for _ in range(self.requests):
+            self._slots.acquire()
+        for _ in range(self.requests):
+            self._slots.release()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def close(self) -> None:
+        """Wait for the runs in flight, then release the workers."""
+        if not self._closed:
+            self._closed = True
+            self.wait_all()
+            self._shutdown()
+
+    def __enter__(self) -> AsyncRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Backend(ABC):

@@ -86,6 +86,8 @@ class OnnxRuntimeSession(Session):
         if options.get("inter_threads"):
             so.inter_op_num_threads = int(options["inter_threads"])
         so.log_severity_level = 3
+        if options.get("spin") is not None:  # busy-waiting intra-op threads: fast alone, harmful on a shared CPU
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["spin"] else "0")
         try:
             self._sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
@@ -95,11 +97,19 @@ class OnnxRuntimeSession(Session):
         self.inputs = [TensorInfo(i.name, _dims(i.shape), np.dtype(_ORT_DTYPES.get(i.type, np.float32))) for i in self._sess.get_inputs()]
         self.outputs = [TensorInfo(o.name, _dims(o.shape), np.dtype(_ORT_DTYPES.get(o.type, np.float32))) for o in self._sess.get_outputs()]
         self._names = [o.name for o in self.outputs]
+        self._ort = ort
+        self._binding_device: tuple[str, int] | None = None
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if options.get("io_binding") and first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            dev_id = providers[0][1].get("device_id", 0) if not isinstance(providers[0], str) else 0
+            self._binding_device = ("cuda", int(dev_id))
 
     def metadata(self) -> dict[str, str]:
         return dict(self._sess.get_modelmeta().custom_metadata_map)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._binding_device is not None:
+            return self._run_bound(feeds)
         t0 = time.perf_counter()
         try:
             out = self._sess.run(self._names, feeds)
@@ -107,6 +117,34 @@ class OnnxRuntimeSession(Session):
             raise BackendError(f"onnxruntime failed to run {self.path.name}: {str(e).splitlines()[0]}") from None
         self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
         return out
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """I/O binding on a CUDA device: copy inputs, run, copy outputs, each timed (``last_timings``).
+
+        Not run on hardware in this repository's CI (no GPU); the CPU path above is the tested one.
+        """
+        kind, dev_id = self._binding_device  # type: ignore[misc]
+        ort = self._ort
+        try:
+            t0 = time.perf_counter()
+            values = {k: ort.OrtValue.ortvalue_from_numpy(v, kind, dev_id) for k, v in feeds.items()}
+            t1 = time.perf_counter()
+            binding = self._sess.io_binding()
+            for k, v in values.items():
+                binding.bind_ortvalue_input(k, v)
+            for name in self._names:
+                binding.bind_output(name, kind, dev_id)
+            binding.synchronize_inputs()
+            self._sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+            t2 = time.perf_counter()
+            out = binding.copy_outputs_to_cpu()
+            t3 = time.perf_counter()
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed to run {self.path.name}: {str(e).splitlines()[0]}") from None
+        self.last_timings.h2d, self.last_timings.compute, self.last_timings.d2h = t1 - t0, t2 - t1, t3 - t2
+        self.last_timings.total = t3 - t0
+        return list(out)
 
     def _close(self) -> None:
         self._sess = None
@@ -118,6 +156,10 @@ class OnnxRuntimeBackend(Backend):
     Options:
         threads: intra-op threads (default: ORT's choice, all cores).
         inter_threads: inter-op threads.
+        spin: let idle intra-op threads busy-wait (ORT's default is on); ``False`` frees the CPU for the
+            decode/postprocess threads of a pipeline on a small or shared machine.
+        io_binding: on ``cuda``/``tensorrt`` devices, run through I/O binding so ``last_timings`` splits the
+            host->device copy, compute and device->host copy (CPU runs are "not separable").
 
     Example:
         >>> with OnnxRuntimeBackend.open("model.onnx", "cpu") as s:  # doctest: +SKIP

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError, DeviceError, ModelError
-from .base import Backend, Session, TensorInfo
+from .base import AsyncRunner, Backend, Session, TensorInfo
 
 
 def default_cache_dir() -> Path:
@@ -67,10 +67,71 @@ class OpenVINOSession(Session):
         self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
         return [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
 
+    def optimal_requests(self) -> int:
+        """OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS for the compiled model (1 under the latency hint)."""
+        try:
+            return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:
+            return 1
+
+    def async_runner(self, requests: int | None = None) -> AsyncRunner:
+        """An ``AsyncInferQueue`` with ``requests`` infer requests (default: OpenVINO's optimal number)."""
+        if self._closed:
+            raise BackendError(f"openvino session for {self.path.name} is closed")
+        return OpenVINOAsyncRunner(self, requests or self.optimal_requests())
+
     def _close(self) -> None:
         self._requests.clear()
         self._local = threading.local()
         self.compiled = None
+
+
+class OpenVINOAsyncRunner(AsyncRunner):
+    """:class:`AsyncRunner` over OpenVINO's ``AsyncInferQueue``: runs start from the caller's thread and
+    complete on OpenVINO's own threads, which fill the futures (outputs copied out of the request)."""
+
+    def __init__(self, session: OpenVINOSession, requests: int = 1) -> None:
+        super().__init__(session, requests)
+        ov = OpenVINOBackend.require()
+        self._n_out = len(session.outputs)
+        self._queue = ov.AsyncInferQueue(session.compiled, self.requests)
+        self._queue.set_callback(self._done)
+
+    def _start(self, feeds: dict[str, np.ndarray], fut: Any) -> None:
+        fut.started = time.perf_counter()
+        try:
+            self._queue.start_async(feeds, fut)
+        except Exception as e:
+            raise BackendError(f"openvino failed to start {self.session.path.name}: {str(e).strip().splitlines()[0]}") from None
+
+    def _done(self, request: Any, fut: Any) -> None:
+        # runs on an OpenVINO thread: it must never raise (an exception here aborts the process)
+        try:
+            fut.finished = time.perf_counter()
+            out = [request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        except BaseException as e:  # noqa: BLE001
+            err = BackendError(f"openvino failed to run {self.session.path.name}: {str(e).strip().splitlines()[0] if str(e) else type(e).__name__}")
+            self._slots.release()
+            try:
+                fut.set_exception(err)
+            except BaseException:  # noqa: BLE001
+                pass
+            return
+        self._slots.release()
+        try:
+            fut.set_result(out)
+        except BaseException:  # noqa: BLE001
+            pass
+
+    def wait_all(self) -> None:
+        try:
+            self._queue.wait_all()
+        except Exception:
+            pass  # errors were delivered through the futures
+        super().wait_all()
+
+    def _shutdown(self) -> None:
+        self._queue = None
 
 
 class OpenVINOBackend(Backend):

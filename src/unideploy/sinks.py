@@ -132,3 +132,95 @@ class Sinks:
     def close(self) -> None:
         if self.json_path is not None:
             atomic_write_json(self.json_path, self.records)
+
+
+class VideoSink:
+    """Annotated frames -> one video file (``.mp4`` as mp4v, ``.avi`` as MJPG), written atomically on close.
+
+    The writer opens on the first frame (its size fixes the video's); later frames of another size are resized.
+
+    Example:
+        >>> sink = VideoSink("out.mp4", fps=25)  # doctest: +SKIP
+        >>> sink.write(frame); sink.close()  # doctest: +SKIP
+    """
+
+    FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25.0) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in self.FOURCC:
+            from .errors import InputError
+
+            raise InputError(f"{self.path}: expected a video file name ending in {', '.join(self.FOURCC)}, "
+                             f"got {self.path.suffix or 'no suffix'!r}")
+        self.fps = float(fps)
+        self.frames = 0
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial{suffix}")
+        self._writer: Any = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame.shape[:2]
+            self._size = (w, h)
+            fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                raise OSError(f"OpenCV could not open a video writer for {self.path}")
+        if (frame.shape[1], frame.shape[0]) != self._size:
+            frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_LINEAR)
+        self._writer.write(np.ascontiguousarray(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+
+
+class JsonLinesSink:
+    """One JSON object per line and per item (frame or image), flushed as it goes so a live stream can be tailed.
+
+    Lines: ``{"index", "name", "frame", "image_shape", "detections": [...]}`` or ``{"index", "name", "error"}``.
+    Unlike the other sinks this file grows while the run goes on (not atomic), which is what a stream needs.
+
+    Example:
+        >>> with JsonLinesSink("frames.jsonl") as sink:  # doctest: +SKIP
+        ...     sink.add("video.mp4#000000", 0, dets, frame=0)
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "w", encoding="utf-8")
+        self.lines = 0
+
+    def add(self, name: str, index: int, result: Any = None, *, frame: int | None = None,
+            error: str | None = None) -> None:
+        rec: dict[str, Any] = {"index": int(index), "name": name}
+        if frame is not None:
+            rec["frame"] = int(frame)
+        if error is not None:
+            rec["error"] = error
+        elif isinstance(result, Detections):
+            rec["image_shape"] = list(result.image_shape) if result.image_shape else None
+            rec["detections"] = result.to_dicts()
+        elif result is not None:
+            rec["classes"] = [{"class_id": int(c), "confidence": float(p), "name": n} for c, p, n in
+                              zip(result.class_id, result.confidence, result.class_names)]
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> JsonLinesSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -110,24 +110,80 @@ def list_images(source: str | os.PathLike) -> list[Path]:
     raise SourceError(f"{s}: expected an image, a folder, a glob or a video file; no such file or folder")
 
 
-def iter_video(path: Path, vid_stride: int = 1, start_index: int = 0) -> Iterator[Item]:
-    """Frames of a video file as items (decoded eagerly: a capture cannot seek cheaply)."""
+@dataclass
+class VideoStats:
+    """What reading a video or stream met: frames decoded, frames skipped as unreadable, and an early end.
+
+    ``expected`` is the frame count the container declares (None for live streams or when unknown);
+    ``ended_early`` is True when the stream stopped before that count (a truncated file, a dropped connection).
+    """
+
+    decoded: int = 0
+    skipped: int = 0
+    expected: int | None = None
+    last_frame: int = -1
+    ended_early: bool = False
+    fps: float = 25.0  # as declared by the container (25 when it declares nothing usable)
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``"120 frame(s) decoded, 2 corrupt frame(s) skipped"``."""
+        text = f"{self.decoded} frame(s) decoded, {self.skipped} corrupt or dropped frame(s) skipped"
+        if self.ended_early:
+            text += f"; the stream ended early after frame {self.last_frame + 1} of {self.expected or '?'} expected"
+        return text
+
+
+#: consecutive failed reads after which a video / stream is taken to have ended
+MAX_READ_FAILURES = 8
+
+
+def iter_video(path: Path | str, vid_stride: int = 1, start_index: int = 0,
+               stats: VideoStats | None = None) -> Iterator[Item]:
+    """Frames of a video file or stream URL as items (decoded eagerly: a capture cannot seek cheaply).
+
+    A frame that fails to decode is skipped and counted in ``stats``; reading stops at the declared end, or
+    after ``MAX_READ_FAILURES`` consecutive failures (``stats.ended_early`` tells whether frames were missing).
+    """
+    stats = stats if stats is not None else VideoStats()
+    label = Path(path).name if isinstance(path, Path) else str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise SourceError(f"{path}: expected a video OpenCV can open, it could not open it")
+        raise SourceError(f"{path}: expected a video or stream OpenCV can open, it could not open it")
     try:
-        frame_no = 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        stats.expected = n if n > 0 else None
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        stats.fps = float(fps) if fps and 0 < fps < 1000 else 25.0
         idx = start_index
+        failures = 0
         while True:
             ok, frame = cap.read()
-            if not ok:
-                break
+            if not ok or frame is None:
+                if stats.expected is not None and stats.last_frame + 1 >= stats.expected:
+                    break  # the declared end
+                failures += 1  # a corrupt frame (a later read succeeds) or the end of a cut stream (none does)
+                if failures >= MAX_READ_FAILURES:
+                    stats.ended_early = stats.expected is not None
+                    break
+                continue
+            frame_no = stats.last_frame + 1 + failures  # each failed read that a good one follows lost one frame
+            stats.skipped += failures
+            failures = 0
+            stats.last_frame = frame_no
+            stats.decoded += 1
             if frame_no % vid_stride == 0:
-                yield Item(f"{path.name}#{frame_no:06d}", idx, (lambda f=frame: f), path, frame_no)
+                yield Item(f"{label}#{frame_no:06d}", idx, (lambda f=frame: f), Path(path) if isinstance(path, Path) else None,
+                           frame_no)
                 idx += 1
-            frame_no += 1
     finally:
         cap.release()
+
+
+def is_stream_url(source: object) -> bool:
+    """True for capture URLs OpenCV opens as streams (rtsp://, rtmp://, http(s):// without an image suffix)."""
+    s = str(source).lower()
+    return s.startswith(("rtsp://", "rtmp://", "rtsps://", "udp://", "tcp://")) or (
+        s.startswith(("http://", "https://")) and not s.split("?")[0].endswith(IMAGE_SUFFIXES))
 
 
 class Source:
@@ -145,10 +201,15 @@ class Source:
 
     def __init__(self, source: str | os.PathLike | list | tuple, vid_stride: int = 1) -> None:
         self.vid_stride = max(1, int(vid_stride))
-        self.video: Path | None = None
+        self.video: Path | str | None = None
         self.entries: list = []
+        #: reading statistics of the last pass over a video or stream (None for images)
+        self.stats: VideoStats | None = None
         if isinstance(source, (list, tuple)):
             self.entries = list(source)
+            return
+        if is_stream_url(source):
+            self.video = str(source)
             return
         p = Path(str(source))
         if p.is_file() and _is_video(p):
@@ -159,14 +220,22 @@ class Source:
     def __len__(self) -> int:
         if self.video is None:
             return len(self.entries)
+        if isinstance(self.video, str):
+            return 0  # a live stream has no length
         cap = cv2.VideoCapture(str(self.video))
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         cap.release()
-        return max(0, -(-n // self.vid_stride))  # an estimate: containers may lie
+        return max(0, -(-n // self.vid_stride))  # an estimate: containers may lie; 0 for live streams
+
+    @property
+    def is_video(self) -> bool:
+        return self.video is not None
+
 
     def __iter__(self) -> Iterator[Item]:
         if self.video is not None:
-            yield from iter_video(self.video, self.vid_stride)
+            self.stats = VideoStats()
+            yield from iter_video(self.video, self.vid_stride, stats=self.stats)
             return
         for i, obj in enumerate(self.entries):
             if isinstance(obj, np.ndarray):

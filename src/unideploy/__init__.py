@@ -23,6 +23,7 @@ _LAZY = {
     "Classifications": "results",
     "ModelSpec": "spec",
     "read_spec": "spec",
+    "export": "convert",
     "list_backends": "backends.registry",
     "get_backend": "backends.registry",
     "read_image": "sources",

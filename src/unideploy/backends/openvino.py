@@ -143,6 +143,8 @@ class OpenVINOBackend(Backend):
         hint: "latency" (default) or "throughput" (OpenVINO PERFORMANCE_HINT).
         cache_dir: compiled-model cache (default ``~/.cache/unideploy/openvino``; "" disables it).
         threads: inference threads.
+        precision: inference precision of float layers, "f32", "bf16" or "f16" (OpenVINO INFERENCE_PRECISION_HINT;
+            default: the device's choice, which is bf16 on CPUs with native bf16 support).
     """
 
     name = "openvino"
@@ -173,6 +175,11 @@ class OpenVINOBackend(Backend):
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
         if options.get("threads"):
             config["INFERENCE_NUM_THREADS"] = int(options["threads"])
+        if options.get("precision"):
+            precision = str(options["precision"]).lower().replace("fp", "f")
+            if precision not in ("f32", "bf16", "f16"):
+                raise DeviceError(f"openvino precision must be f32, bf16 or f16, got {options['precision']!r}")
+            config["INFERENCE_PRECISION_HINT"] = precision
         cache = options.get("cache_dir", None)
         cache = default_cache_dir() if cache is None else cache
         if cache:

@@ -15,6 +15,7 @@ COMMANDS = {
     "infer": "infer",
     "postprocess": "postprocess",
     "eval": "eval",
+    "export": "export",
 }
 
 

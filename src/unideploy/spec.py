@@ -281,6 +281,10 @@ def read_spec(model_path: str | Path, overrides: dict[str, Any] | None = None) -
         meta = read_onnx_metadata(p)
     elif p.suffix.lower() == ".xml":
         meta = read_openvino_metadata(p)
+    elif p.suffix.lower() in (".pt", ".pth", ".torchscript", ".pt2", ".ts"):  # read without unpickling anything
+        from .backends.torch import read_torch_metadata
+
+        meta = read_torch_metadata(p)
     d = spec_from_metadata(meta)
     for side in sidecar_paths(p):
         if side.is_file() and side != p:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "unideploy.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "unideploy.backends.openvino:OpenVINOBackend",
+    "torch": "unideploy.backends.torch:TorchBackend",
 }
 
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino"}

@@ -161,7 +161,7 @@ def test_dropped_detections_are_reported_as_missed():
     acc = DetectionAccumulator(conf=0.25, iou=0.5)
     diff = acc.update("a.jpg", ref, cand)
     s = acc.result()
-    assert (s.ref_boxes, s.cand_boxes, s.matched, s.missed, s.extra) == (20, 17, 17, 3, 0)
+    assert (s.ref_boxes, s.cand_boxes, s.matched, s.crossed_down, s.crossed_up, s.missed, s.extra) == (20, 17, 17, 0, 0, 3, 0)
     assert s.missed_frac == pytest.approx(3 / 20)
     assert s.shift_px_max == pytest.approx(1.5) and s.shift_px_mean == pytest.approx(1.5)
     assert s.score_delta_max == pytest.approx(0.02, abs=1e-6)
@@ -175,7 +175,8 @@ def test_boxes_crossing_the_threshold_are_not_missed():
     acc = DetectionAccumulator(conf=0.25, iou=0.5, margin=0.1)
     acc.update("a", ref, cand)
     s = acc.result()
-    assert (s.matched, s.missed, s.extra) == (2, 0, 0)
+    assert (s.matched, s.crossed_down, s.crossed_up, s.missed, s.extra) == (1, 1, 0, 0, 0)
+    assert (s.ref_boxes, s.cand_boxes) == (2, 1)
     assert s.score_delta_max == pytest.approx(0.02, abs=1e-6)
     # both below the threshold: not counted at all
     acc2 = DetectionAccumulator(conf=0.25, iou=0.5, margin=0.1)
@@ -239,3 +240,12 @@ def test_unideploy_compare_is_callable_in_any_import_order():
             "assert callable(unideploy.compare); "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'openvino', 'onnx', 'ultralytics')]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_option_parsing():
+    from unideploy.cli.compare import parse_options
+
+    assert parse_options(["precision=f32", "threads=2", "x=0.5", "flag=true"], "--option") == {
+        "precision": "f32", "threads": 2, "x": 0.5, "flag": True}
+    with pytest.raises(InputError, match="--cand-option expects KEY=VALUE"):
+        parse_options(["precision"], "--cand-option")

@@ -13,6 +13,7 @@ examples:
   unideploy compare yolov8n.onnx yolov8n_openvino_model@openvino --data images/ --samples 50
   unideploy compare yolov8n.onnx yolov8n_int8.onnx --data images/ --level task --json report.json
   unideploy compare m.onnx m.onnx@onnxruntime:cuda:0 --random --samples 4 --layers
+  unideploy compare m.onnx m_openvino_model@openvino:CPU --data images/ --cand-option precision=f32
 
 exit status: 0 when every check passes, 1 when one fails (or on an error).
 """
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--conf", type=float, default=0.25, help="confidence threshold of the detections (default 0.25)")
     t.add_argument("--iou", type=float, default=0.5, help="IoU for two boxes to be the same detection (default 0.5)")
     t.add_argument("--nms-iou", type=float, default=0.7, help="NMS IoU threshold of both models (default 0.7)")
+    t.add_argument("--max-det", type=int, default=300, help="detections kept per image by both models (default 300)")
     t.add_argument("--max-missed-frac", type=float, default=0.05,
                    help="most reference boxes allowed unmatched in the candidate (default 0.05)")
     t.add_argument("--max-extra-frac", type=float, default=0.05,
@@ -53,12 +55,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-prob-delta", type=float, default=0.1, help="largest class-probability change (default 0.1)")
     p.add_argument("--layers", action="store_true",
                    help="ONNX models: compare every intermediate tensor and name the first diverging layer")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="load/backend option for both models, e.g. threads=2 (repeatable)")
+    p.add_argument("--ref-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for the reference only (repeatable)")
+    p.add_argument("--cand-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option for the candidate only, e.g. precision=f32 for OpenVINO (repeatable)")
     p.add_argument("--imgsz", default=None, help="input size for dynamic models: 640 or 480,640")
     p.add_argument("--threads", type=int, default=None, help="runtime threads of each model")
     p.add_argument("--worst", type=int, default=5, help="worst images to list (default 5)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.set_defaults(func=run)
+
+
+def _value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_options(items: list[str], flag: str) -> dict:
+    """``["precision=f32", "threads=2"]`` -> ``{"precision": "f32", "threads": 2}``.
+
+    Raises:
+        InputError: an item is not KEY=VALUE.
+
+    Example:
+        >>> parse_options(["precision=f32", "threads=2"], "--option")
+        {'precision': 'f32', 'threads': 2}
+    """
+    from ..errors import InputError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{flag} expects KEY=VALUE (e.g. {flag} precision=f32), got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(value.strip())
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,14 +106,17 @@ def run(args: argparse.Namespace) -> int:
                     max_missed_frac=args.max_missed_frac, max_extra_frac=args.max_extra_frac,
                     max_score_delta=args.max_score_delta, max_shift_px=args.max_shift_px,
                     min_top1_agreement=args.min_top1, max_prob_delta=args.max_prob_delta)
-    options: dict = {}
+    options = parse_options(args.option, "--option")
     if args.imgsz:
         options["imgsz"] = args.imgsz
     if args.threads:
         options["threads"] = args.threads
     result = compare(args.ref, args.candidate, args.data, samples=args.samples, random=args.random, seed=args.seed,
-                     level=args.level, conf=args.conf, iou=args.iou, nms_iou=args.nms_iou, thresholds=th,
+                     level=args.level, conf=args.conf, iou=args.iou, nms_iou=args.nms_iou, max_det=args.max_det,
+                     thresholds=th,
                      layers=args.layers, worst=args.worst, options=options,
+                     ref_options=parse_options(args.ref_option, "--ref-option"),
+                     cand_options=parse_options(args.cand_option, "--cand-option"),
                      progress=not args.quiet and sys.stderr.isatty())
     if args.json:
         result.save_json(args.json)

@@ -266,6 +266,19 @@ def _open(side: Any, options: dict[str, Any]) -> tuple[Any, str, bool]:
     return p, f"{t.model}@{p.backend_name}:{p.session.device}", True
 
 
+def _reduced_precision(p: Any) -> str | None:
+    """"bf16" / "f16" when an OpenVINO session computes float layers in reduced precision (best effort)."""
+    compiled = getattr(p.session, "compiled", None)
+    if p.backend_name != "openvino" or compiled is None:
+        return None
+    try:
+        v = compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = v.get_type_name() if hasattr(v, "get_type_name") else str(v)
+    except Exception:
+        return None
+    return name if name in ("bf16", "f16") else None
+
+
 def _images(data: Any, random: bool, samples: int | None, shape: tuple[int, int], seed: int,
             skipped: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
     if random:
@@ -400,6 +413,11 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     if ref_p.spec.imgsz != cand_p.spec.imgsz:
         notes.append(f"input sizes differ: reference {ref_p.spec.imgsz}, candidate {cand_p.spec.imgsz}")
 
+    for side, p, flag in (("reference", ref_p, "--ref-option"), ("candidate", cand_p, "--cand-option")):
+        low = _reduced_precision(p)
+        if low:
+            notes.append(f"the {side} computes in {low} on openvino:{p.session.device} (the device's default here); "
+                         f"for an FP32 comparison pass {flag} precision=f32 (Python: precision='f32' in its options)")
     pairing = pair_outputs(ref_p.session.outputs, cand_p.session.outputs)
     result.pairing = pairing.by if do_tensor else None
     accs = [TensorAccumulator(label, th.atol, th.rtol, th.rel_eps) for _, _, label in pairing.pairs]
@@ -409,6 +427,7 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     cls_acc = ClassificationAccumulator()
     unknown_result: str | None = None
     preprocess_differs = 0
+    at_max_det = 0
     first_x: np.ndarray | None = None
     ref_opts = {**ref_p.options, "conf": conf_low}
     cand_opts = {**cand_p.options, "conf": conf_low}
@@ -456,6 +475,8 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
                 c = cand_p.adapter.postprocess(out_cand, [info_c], **cand_opts)[0]
                 if isinstance(r, Detections) and isinstance(c, Detections):
                     det_acc.update(name, r, c)
+                    if len(r) >= ref_opts.get("max_det", 1 << 30) or len(c) >= cand_opts.get("max_det", 1 << 30):
+                        at_max_det += 1
                 elif isinstance(r, Classifications) and isinstance(c, Classifications):
                     cls_acc.update(name, r, c)
                 else:
@@ -472,6 +493,9 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     if preprocess_differs:
         notes.append(f"the candidate preprocesses {preprocess_differs} of {result.samples} image(s) differently "
                      f"from the reference (task level uses each side's own preprocessing)")
+    if at_max_det:
+        notes.append(f"{at_max_det} image(s) reached max_det ({ref_opts.get('max_det')}) boxes at conf {conf_low:g}: "
+                     f"boxes ranked near that cut can show up as missed/extra (raise max_det to rule this out)")
     if result.skipped:
         notes.append(f"{len(result.skipped)} image(s) could not be read and were skipped")
 

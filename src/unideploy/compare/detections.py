@@ -95,7 +95,8 @@ class ImageDiff:
 
     Attributes:
         name: image name. ref_boxes / cand_boxes: boxes above ``conf`` on each side.
-        matched, missed, extra: counts. max_shift_px / max_score_delta: worst matched pair.
+        matched, crossed_down, crossed_up, missed, extra: counts (see :class:`DetectionStats`).
+        max_shift_px / max_score_delta: worst matched or crossed pair.
         missed_boxes / extra_boxes: the unmatched boxes (xyxy, confidence, class_id, name).
     """
 
@@ -103,6 +104,8 @@ class ImageDiff:
     ref_boxes: int = 0
     cand_boxes: int = 0
     matched: int = 0
+    crossed_down: int = 0
+    crossed_up: int = 0
     missed: int = 0
     extra: int = 0
     max_shift_px: float = 0.0
@@ -113,7 +116,7 @@ class ImageDiff:
     @property
     def badness(self) -> tuple[int, float, float]:
         """Sort key for the worst-images list: unmatched boxes, then score delta, then shift."""
-        return (self.missed + self.extra, self.max_score_delta, self.max_shift_px)
+        return (self.missed + self.extra + self.crossed_down + self.crossed_up, self.max_score_delta, self.max_shift_px)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -125,11 +128,15 @@ class DetectionStats:
 
     Attributes:
         images: images compared. ref_boxes / cand_boxes: boxes above ``conf`` on each side.
-        matched: pairs of boxes (same class, IoU >= ``iou``). missed: reference boxes without a candidate match.
-        extra: candidate boxes without a reference match. missed_frac = missed / ref_boxes; extra_frac = extra / cand_boxes.
-        mean_iou: mean IoU of matched pairs.
-        shift_px_mean / shift_px_max: largest corner displacement of a matched pair, in original-image pixels.
-        score_delta_mean / score_delta_max: |candidate score - reference score| of matched pairs.
+        matched: pairs of boxes (same class, IoU >= ``iou``) above ``conf`` on both sides.
+        crossed_down: reference boxes above ``conf`` whose candidate match scores just below it (within ``margin``);
+        crossed_up: the mirror case. missed: reference boxes above ``conf`` with no candidate match;
+        extra: candidate boxes above ``conf`` with no reference match. So
+        ``ref_boxes = matched + crossed_down + missed`` and ``cand_boxes = matched + crossed_up + extra``.
+        missed_frac = missed / ref_boxes; extra_frac = extra / cand_boxes.
+        mean_iou: mean IoU of matched and crossed pairs.
+        shift_px_mean / shift_px_max: largest corner displacement of a pair, in original-image pixels.
+        score_delta_mean / score_delta_max: |candidate score - reference score| of a pair.
         conf, iou, margin: the settings used. worst: the worst images, worst first.
     """
 
@@ -137,6 +144,8 @@ class DetectionStats:
     ref_boxes: int = 0
     cand_boxes: int = 0
     matched: int = 0
+    crossed_down: int = 0
+    crossed_up: int = 0
     missed: int = 0
     extra: int = 0
     missed_frac: float = 0.0
@@ -194,11 +203,12 @@ class DetectionAccumulator:
         r_above = ref.confidence > self.conf
         c_above = cand.confidence > self.conf
         if len(pairs):  # a pair counts when at least one side is above the threshold
-            keep = r_above[pairs[:, 0]] | c_above[pairs[:, 1]]
-            pairs = pairs[keep]
+            pairs = pairs[r_above[pairs[:, 0]] | c_above[pairs[:, 1]]]
+        pr, pc = r_above[pairs[:, 0]], c_above[pairs[:, 1]]
         missed = un_ref[r_above[un_ref]]
         extra = un_cand[c_above[un_cand]]
-        diff = ImageDiff(name, int(r_above.sum()), int(c_above.sum()), len(pairs), len(missed), len(extra))
+        diff = ImageDiff(name, int(r_above.sum()), int(c_above.sum()), int((pr & pc).sum()), int((pr & ~pc).sum()),
+                         int((~pr & pc).sum()), len(missed), len(extra))
         if len(pairs):
             shift = np.abs(ref.xyxy[pairs[:, 0]] - cand.xyxy[pairs[:, 1]]).max(1).astype(np.float64)
             delta = np.abs(ref.confidence[pairs[:, 0]] - cand.confidence[pairs[:, 1]]).astype(np.float64)
@@ -219,6 +229,8 @@ class DetectionAccumulator:
             s.ref_boxes += d.ref_boxes
             s.cand_boxes += d.cand_boxes
             s.matched += d.matched
+            s.crossed_down += d.crossed_down
+            s.crossed_up += d.crossed_up
             s.missed += d.missed
             s.extra += d.extra
         s.missed_frac = s.missed / s.ref_boxes if s.ref_boxes else 0.0

@@ -61,19 +61,20 @@ def format_report(r: CompareResult) -> str:
     d = r.detection
     if d is not None:
         lines.append("")
-        lines.append(f"detection level (conf > {d.conf:g}, matched by class and IoU >= {d.iou:g}, "
-                     f"boundary margin {d.margin:g})")
+        lines.append(f"detection level (conf > {d.conf:g}, matched by class and IoU >= {d.iou:g}; "
+                     f"'crossed': matched, but the score crossed conf by less than {d.margin:g} down (v) or up (^))")
         lines += render_table(
-            ["images", "ref boxes", "cand boxes", "matched", "missed", "extra", "mean IoU", "shift px mean",
-             "shift px max", "score d mean", "score d max"],
-            [[str(d.images), str(d.ref_boxes), str(d.cand_boxes), str(d.matched),
+            ["images", "ref boxes", "cand boxes", "matched", "crossed v/^", "missed", "extra", "mean IoU",
+             "shift px mean", "shift px max", "score d mean", "score d max"],
+            [[str(d.images), str(d.ref_boxes), str(d.cand_boxes), str(d.matched), f"{d.crossed_down}/{d.crossed_up}",
               f"{d.missed} ({100 * d.missed_frac:.1f}%)", f"{d.extra} ({100 * d.extra_frac:.1f}%)", _g(d.mean_iou, 4),
               _g(d.shift_px_mean), _g(d.shift_px_max), _g(d.score_delta_mean), _g(d.score_delta_max)]])
         if d.worst:
             lines.append("  worst images:")
             lines += render_table(
-                ["image", "ref", "cand", "matched", "missed", "extra", "shift px max", "score d max"],
-                [[w.name, str(w.ref_boxes), str(w.cand_boxes), str(w.matched), str(w.missed), str(w.extra),
+                ["image", "ref", "cand", "matched", "crossed v/^", "missed", "extra", "shift px max", "score d max"],
+                [[w.name, str(w.ref_boxes), str(w.cand_boxes), str(w.matched), f"{w.crossed_down}/{w.crossed_up}",
+                  str(w.missed), str(w.extra),
                   _g(w.max_shift_px), _g(w.max_score_delta)] for w in d.worst], indent="    ")
     c = r.classification
     if c is not None:

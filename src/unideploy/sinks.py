@@ -211,7 +211,11 @@ class JsonLinesSink:
         elif result is not None:
             rec["classes"] = [{"class_id": int(c), "confidence": float(p), "name": n} for c, p, n in
                               zip(result.class_id, result.confidence, result.class_names)]
-        self._f.write(json.dumps(rec) + "\n")
+        self.write(rec)
+
+    def write(self, record: dict) -> None:
+        """Append one JSON-serialisable record as a line (flushed)."""
+        self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         self.lines += 1
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "preprocess": "preprocess",
     "infer": "infer",
     "postprocess": "postprocess",
+    "pipeline": "pipeline",
     "eval": "eval",
     "export": "export",
 }

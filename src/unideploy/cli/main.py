@@ -16,6 +16,7 @@ COMMANDS = {
     "postprocess": "postprocess",
     "pipeline": "pipeline",
     "eval": "eval",
+    "demo": "demo",
     "export": "export",
 }
 

@@ -1,0 +1,234 @@
+"""``unideploy demo``: the bundled shapes detector on every installed backend — predictions, mAP, speed, report.
+
+The demo model (a YOLOv8n trained on the project's synthetic shapes data set, see tools/DEMO.md) and its
+validation split ship inside the package, so the demo needs no download. For each backend variant it
+predicts the validation images (annotated copies written), evaluates mAP, measures images/s, and writes
+a table (stdout), ``report.json``, ``report.md`` with a bar chart and a grid of annotated images.
+
+Example:
+    >>> from unideploy.demo import run_demo
+    >>> report = run_demo("out/demo")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import SourceError
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
+DEMO_MODEL = ASSETS / "shapes_yolov8.onnx"
+DEMO_DATA = ASSETS / "val" / "data.yaml"
+
+
+@dataclass
+class Variant:
+    """One way of running the demo model: a backend, a device, a model file and its precision."""
+
+    backend: str
+    device: str
+    model: Path
+    precision: str = "fp32"
+    note: str = ""
+
+
+@dataclass
+class Row:
+    backend: str
+    device: str
+    precision: str
+    model: str
+    size_mb: float
+    map50_95: float
+    map50: float
+    ms_per_image: float
+    images_per_s: float
+    images: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_size_mb(path: Path) -> float:
+    """Size of a model on disk: an IR counts its .xml and .bin."""
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+def demo_variants(model: Path, out: Path, backends: list[str] | None, log: Callable[[str], None]) -> list[Variant]:
+    """Every variant this machine can run: ONNX Runtime on the ONNX file, OpenVINO on an IR converted once."""
+    from .backends.registry import get_backend
+
+    wanted = backends or ["onnxruntime", "openvino"]
+    variants: list[Variant] = []
+    for name in wanted:
+        b = get_backend(name)
+        if not b.available():
+            log(f"skipping {name}: not installed (pip install 'unideploy[{b.extra}]')")
+            continue
+        if name == "openvino" and model.suffix == ".onnx":
+            variants.append(Variant(name, "CPU", _openvino_ir(model, out / "models", log)))
+        else:
+            variants.append(Variant(name, b.default_device, model))
+    return variants
+
+
+def _openvino_ir(onnx_path: Path, models_dir: Path, log: Callable[[str], None]) -> Path:
+    xml = models_dir / f"{onnx_path.stem}_openvino_model" / f"{onnx_path.stem}.xml"
+    if xml.exists() and xml.stat().st_mtime >= onnx_path.stat().st_mtime:
+        return xml
+    if importlib.util.find_spec("onnx") is None:  # the converter needs onnx; OpenVINO also reads ONNX directly
+        log("onnx not installed: OpenVINO runs the ONNX file directly (pip install 'unideploy[export]' to convert)")
+        return onnx_path
+    from .convert import export
+
+    log(f"converting {onnx_path.name} to OpenVINO IR")
+    return Path(export(onnx_path, to="openvino", out=xml.parent))
+
+
+def _speed(predictor: Any, images: list[Path], repeats: int = 1) -> tuple[float, float]:
+    """(ms per image, images/s) of end-to-end predict over ``images`` (decode → postprocess)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in predictor.stream(images):
+            pass
+        best = min(best, time.perf_counter() - t0)
+    return best / len(images) * 1e3, len(images) / best
+
+
+def run_demo(
+    out: str | Path = "out/demo",
+    *,
+    model: str | Path | None = None,
+    data: str | Path | None = None,
+    backends: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the demo and write its report into ``out``; returns the report dict."""
+    from .evaluate import evaluate_detection, load_dataset
+    from .pipeline import load
+    from .sinks import Sinks, atomic_write_json, atomic_write_text
+
+    model = Path(model) if model else DEMO_MODEL
+    data = Path(data) if data else DEMO_DATA
+    if not model.exists() or not data.exists():
+        raise SourceError(f"demo assets missing: expected {model} and {data} (see tools/DEMO.md to regenerate them)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(data)
+    images = [s.path for s in dataset.samples]
+    rows: list[Row] = []
+    for v in demo_variants(model, out, backends, log):
+        tag = f"{v.backend}-{v.precision}"
+        log(f"[{tag}] {v.model.name} on {v.device}: predicting {len(images)} images")
+        with load(v.model, backend=v.backend, device=v.device, conf=0.25) as pred:
+            sinks = Sinks(save_json=str(out / tag / "predictions.json"), save_img=str(out / tag / "images"))
+            for o in pred.stream(images, keep_images=True):
+                if o.ok:
+                    sinks.add(o.item.name, o.item.index, o.result, o.image)
+            sinks.close()
+            ms, ips = _speed(pred, images)
+            log(f"[{tag}] evaluating mAP")
+            metrics = evaluate_detection(pred, dataset)
+        rows.append(Row(v.backend, v.device, v.precision, str(v.model), round(model_size_mb(v.model), 2),
+                        metrics["mAP50-95"], metrics["mAP50"], ms, ips, metrics["images"],
+                        {"per_class": metrics["per_class"], "note": v.note}))
+    if not rows:
+        raise SourceError("no backend is installed to run the demo (install unideploy[openvino] or onnxruntime)")
+    table = format_table(rows)
+    print(table)
+    report = {
+        "model": str(model), "data": str(data), "rows": [asdict(r) for r in rows],
+        "machine": {"system": platform.platform(), "cpu": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "versions": _versions(),
+    }
+    atomic_write_json(out / "report.json", report)
+    chart = _bar_chart(rows, out / "speed_accuracy.png", log)
+    grid = _grid(out / f"{rows[0].backend}-{rows[0].precision}" / "images", out / "predictions_grid.png")
+    atomic_write_text(out / "report.md", _markdown(rows, table, chart, grid, model, data))
+    log(f"report: {out / 'report.md'}")
+    return report
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'backend':<12} {'device':<7} {'precision':<9} {'size MB':>7} {'mAP50-95':>8} {'mAP50':>6} {'ms/img':>7} {'img/s':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.backend:<12} {r.device:<7} {r.precision:<9} {r.size_mb:>7.2f} {r.map50_95:>8.4f} "
+                     f"{r.map50:>6.4f} {r.ms_per_image:>7.1f} {r.images_per_s:>6.1f}")
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("unideploy", "numpy", "opencv-python-headless", "onnxruntime", "openvino", "pycocotools"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _bar_chart(rows: list[Row], path: Path, log: Callable[[str], None]) -> Path | None:
+    if importlib.util.find_spec("matplotlib") is None:
+        log("matplotlib not installed: no chart (pip install 'unideploy[plot]')")
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.backend}\n{r.precision}" for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a.bar(labels, [r.images_per_s for r in rows], color="#4c72b0")
+    a.set_title("end-to-end images/s (higher is better)")
+    b.bar(labels, [r.map50_95 for r in rows], color="#55a868")
+    b.set_ylim(0, 1)
+    b.set_title("mAP50-95 on the demo val split")
+    for ax, vals in ((a, [r.images_per_s for r in rows]), (b, [r.map50_95 for r in rows])):
+        for i, val in enumerate(vals):
+            ax.text(i, val, f"{val:.3g}", ha="center", va="bottom", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _grid(folder: Path, path: Path, n: int = 9, cell: tuple[int, int] = (240, 320)) -> Path | None:
+    import cv2
+
+    from .ops.letterbox import letterbox
+    from .sinks import write_image
+
+    files = sorted(folder.glob("*"))[:n]
+    if not files:
+        return None
+    tiles = [letterbox(cv2.imread(str(f)), cell, pad_value=255)[0] for f in files]
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % 3)
+    rows = [np.hstack(tiles[i : i + 3]) for i in range(0, len(tiles), 3)]
+    write_image(path, np.vstack(rows))
+    return path
+
+
+def _markdown(rows: list[Row], table: str, chart: Path | None, grid: Path | None, model: Path, data: Path) -> str:
+    parts = ["# unideploy demo", "",
+             f"Model `{model.name}` on the validation split `{data}` ({rows[0].images} images).", "",
+             "```", table, "```", "",
+             "ms/img and img/s are end to end (read, decode, preprocess, inference, postprocess) at conf 0.25; "
+             "mAP is COCO mAP (pycocotools) at conf 0.001, IoU 0.7, 300 detections per image.", ""]
+    if chart:
+        parts += [f"![speed and accuracy]({chart.name})", ""]
+    if grid:
+        parts += [f"![predictions]({grid.name})", ""]
+    return "\n".join(parts)

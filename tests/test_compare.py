@@ -161,11 +161,13 @@ def test_dropped_detections_are_reported_as_missed():
     acc = DetectionAccumulator(conf=0.25, iou=0.5)
     diff = acc.update("a.jpg", ref, cand)
     s = acc.result()
-    assert (s.ref_boxes, s.cand_boxes, s.matched, s.crossed_down, s.crossed_up, s.missed, s.extra) == (20, 17, 17, 0, 0, 3, 0)
+    counts = (s.ref_boxes, s.cand_boxes, s.matched, s.crossed_down, s.crossed_up, s.missed, s.extra)
+    assert counts == (20, 17, 17, 0, 0, 3, 0)
     assert s.missed_frac == pytest.approx(3 / 20)
     assert s.shift_px_max == pytest.approx(1.5) and s.shift_px_mean == pytest.approx(1.5)
     assert s.score_delta_max == pytest.approx(0.02, abs=1e-6)
-    assert sorted(b["confidence"] for b in diff.missed_boxes) == sorted(round(float(c), 5) for c in ref.confidence[[2, 7, 11]])
+    expected = sorted(round(float(c), 5) for c in ref.confidence[[2, 7, 11]])
+    assert sorted(b["confidence"] for b in diff.missed_boxes) == expected
     assert s.worst and s.worst[0].name == "a.jpg"
 
 
@@ -230,6 +232,16 @@ def test_result_truth_value_and_json(tmp_path):
 
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["passed"] is False and d["thresholds"]["atol"] == 1e-3 and len(d["checks"]) == 2
+
+
+def test_classification_report_table():
+    acc = ClassificationAccumulator()
+    acc.update("a.jpg", Classifications([1, 2], [0.6, 0.3]), Classifications([2, 1], [0.5, 0.4]))
+    r = CompareResult("a", "b", "imgs", 1, "task", "classify", Thresholds(), 0.25, classification=acc.result())
+    r.checks.append(Check("classify", "top1_agreement", 0.0, ">=", 0.99, False))
+    text = r.table()
+    assert "top-1 agreement" in text and "a.jpg: reference class 1 (0.600), candidate class 2 (0.500)" in text
+    assert r.to_dict()["classification"]["top1_agreement"] == 0.0
 
 
 def test_unideploy_compare_is_callable_in_any_import_order():

@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="most reference boxes allowed unmatched in the candidate (default 0.05)")
     t.add_argument("--max-extra-frac", type=float, default=0.05,
                    help="most candidate boxes allowed unmatched in the reference (default 0.05)")
-    t.add_argument("--max-score-delta", type=float, default=0.1, help="largest score change of a matched box (default 0.1)")
+    t.add_argument("--max-score-delta", type=float, default=0.1,
+                   help="largest score change of a matched box (default 0.1)")
     t.add_argument("--max-shift-px", type=float, default=4.0,
                    help="largest box-corner shift of a matched box, original-image pixels (default 4)")
     t.add_argument("--min-top1", type=float, default=0.99, help="lowest top-1 agreement of classifiers (default 0.99)")

@@ -287,9 +287,7 @@ def _images(data: Any, random: bool, samples: int | None, shape: tuple[int, int]
         for i in range(samples or 8):
             yield f"random{i:03d}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         return
-    from ..sources import Source
-
-    src = data if isinstance(data, Source) else Source(data)
+    src = data
     n = 0
     for item in src:
         if samples is not None and n >= samples:
@@ -404,7 +402,8 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     do_tensor = level in ("all", "tensor")
     do_task = level in ("all", "task")
     task = ref_p.task if ref_p.task == cand_p.task else None
-    result = CompareResult(ref_label, cand_label, "random" if random else str(data), 0, level, task, th, conf)
+    label = "random" if random else (f"{len(data)} listed image(s)" if isinstance(data, (list, tuple)) else str(data))
+    result = CompareResult(ref_label, cand_label, label, 0, level, task, th, conf)
     notes = result.notes
     if ref_p.task != cand_p.task:
         notes.append(f"the models do different tasks: reference {ref_p.task}, candidate {cand_p.task}")
@@ -432,12 +431,19 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     ref_opts = {**ref_p.options, "conf": conf_low}
     cand_opts = {**cand_p.options, "conf": conf_low}
 
+    if random:
+        total = samples or 8
+    else:
+        from ..sources import Source
+
+        data = data if isinstance(data, Source) else Source(data)  # fails here when it names nothing
+        total = len(data) if samples is None else min(samples, len(data))
     images = _images(data, random, samples, ref_p.spec.imgsz, seed, result.skipped)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(unit="img", desc="compare", total=samples, leave=False, dynamic_ncols=True)
+        bar = tqdm(unit="img", desc="compare", total=total, leave=False, dynamic_ncols=True)
     try:
         for name, img in images:
             x, info = ref_p.preprocess(img)
@@ -518,7 +524,8 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
             if pairing.by == "position":
                 notes.append("output names differ; outputs were matched by position")
             for n in pairing.unmatched_ref:
-                checks.append(Check("tensor", n, None, "", None, False, "reference output has no candidate output of that name"))
+                checks.append(Check("tensor", n, None, "", None, False,
+                                    "reference output has no candidate output of that name"))
             for n in pairing.unmatched_cand:
                 notes.append(f"candidate output {n!r} has no reference output of that name (not compared)")
     if do_task:

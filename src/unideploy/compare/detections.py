@@ -185,7 +185,8 @@ class DetectionAccumulator:
         >>> import numpy as np
         >>> acc = DetectionAccumulator(conf=0.25, iou=0.5)
         >>> r = Detections(np.array([[0, 0, 10, 10]]), np.array([0.9]), np.array([0]))
-        >>> acc.update("a.jpg", r, Detections.empty())
+        >>> acc.update("a.jpg", r, Detections.empty()).missed
+        1
         >>> acc.result().missed
         1
     """

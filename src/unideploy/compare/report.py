@@ -84,8 +84,9 @@ def format_report(r: CompareResult) -> str:
                               [[str(c.images), f"{100 * c.top1_agreement:.1f}%", f"{100 * c.top5_overlap:.1f}%",
                                 _g(c.prob_delta_mean), _g(c.prob_delta_max)]])
         for dis in c.disagreements[:5]:
-            lines.append(f"    {dis['name']}: reference class {dis['ref']['class_id']} ({dis['ref']['confidence']:.3f}), "
-                         f"candidate class {dis['cand']['class_id']} ({dis['cand']['confidence']:.3f})")
+            ref, cand = dis["ref"], dis["cand"]
+            lines.append(f"    {dis['name']}: reference class {ref['class_id']} ({ref['confidence']:.3f}), "
+                         f"candidate class {cand['class_id']} ({cand['confidence']:.3f})")
     L = r.layers
     if L is not None:
         lines.append("")

@@ -167,9 +167,10 @@ def test_cross_backend_onnxruntime_vs_openvino(yolo_models, v8, image_dir):
     assert t.cosine_min > 0.99 and t.samples == 4  # FP32, or BF16 on CPUs where OpenVINO defaults to it
     assert r.detection.matched > 0.5 * r.detection.ref_boxes
     # in FP32 (not the BF16 some CPUs default to) OpenVINO passes the FP32 tolerances
-    f32 = unideploy.compare(f"{v8}@onnxruntime", f"{xml}@openvino:CPU", image_dir, samples=4,
-                            cand_options={"precision": "f32"})
+    f32 = unideploy.compare(f"{v8}@onnxruntime", f"{v8}@openvino:CPU", image_dir, samples=4,
+                            cand_options={"precision": "f32"}, layers=True)
     assert f32, f32.table()
+    assert f32.layers.compared > 100 and f32.layers.first_diverging is None  # layer sessions get precision too
     assert f32.tensor("output0").max_abs < 0.1 and f32.detection.shift_px_max < 0.5
     assert not any("computes in" in n for n in f32.notes)
 

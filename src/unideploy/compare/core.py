@@ -255,15 +255,26 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- running -------------------------------------------------------------------------------------------
-def _open(side: Any, options: dict[str, Any]) -> tuple[Any, str, bool]:
-    """(predictor, label, owned): a Predictor is used as given; anything else is parsed and loaded."""
+def _backend_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``load`` keyword arguments that Predictor passes on to ``Backend.open``."""
+    import inspect
+
+    from ..pipeline import Predictor
+
+    named = set(inspect.signature(Predictor.__init__).parameters)
+    return {k: v for k, v in options.items() if k not in named}
+
+
+def _open(side: Any, options: dict[str, Any]) -> tuple[Any, str, bool, dict[str, Any]]:
+    """(predictor, label, owned, backend options): a Predictor is used as given; anything else is parsed and loaded."""
     from ..pipeline import Predictor, load
 
     if isinstance(side, Predictor):
-        return side, f"{side.path}@{side.backend_name}:{side.session.device}", False
+        label = f"{side.path}@{side.backend_name}:{side.session.device}"
+        return side, label, False, dict(getattr(side, "backend_options", None) or {})
     t = parse_target(side)
     p = load(t.model, t.backend, t.device, **options)
-    return p, f"{t.model}@{p.backend_name}:{p.session.device}", True
+    return p, f"{t.model}@{p.backend_name}:{p.session.device}", True, _backend_options(options)
 
 
 def _reduced_precision(p: Any) -> str | None:
@@ -379,16 +390,16 @@ def compare(
     conf_low = max(0.0, conf - margin)
 
     base = {"conf": conf_low, "iou": nms_iou, "max_det": max_det, **(options or {})}
-    ref_p, ref_label, own_ref = _open(ref, {**base, **(ref_options or {})})
+    ref_p, ref_label, own_ref, ref_backend_opts = _open(ref, {**base, **(ref_options or {})})
     try:
-        cand_p, cand_label, own_cand = _open(candidate, {**base, **(cand_options or {})})
+        cand_p, cand_label, own_cand, cand_backend_opts = _open(candidate, {**base, **(cand_options or {})})
     except BaseException:
         if own_ref:
             ref_p.close()
         raise
     try:
         return _run(ref_p, cand_p, ref_label, cand_label, data, samples, random, seed, level, conf, conf_low, iou,
-                    th, layers, worst, progress)
+                    th, layers, worst, progress, (ref_backend_opts, cand_backend_opts))
     finally:
         if own_cand:
             cand_p.close()
@@ -398,7 +409,7 @@ def compare(
 
 def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, samples: int | None, random: bool,
          seed: int, level: str, conf: float, conf_low: float, iou: float, th: Thresholds, layers: bool, worst: int,
-         progress: bool) -> CompareResult:
+         progress: bool, backend_opts: tuple[dict[str, Any], dict[str, Any]] = ({}, {})) -> CompareResult:
     do_tensor = level in ("all", "tensor")
     do_task = level in ("all", "task")
     task = ref_p.task if ref_p.task == cand_p.task else None
@@ -547,6 +558,6 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     if layers and first_x is not None:
         from .layers import compare_layers
 
-        result.layers = compare_layers(ref_p, cand_p, first_x, th)
+        result.layers = compare_layers(ref_p, cand_p, first_x, th, *backend_opts)
     return result
 

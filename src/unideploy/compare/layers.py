@@ -107,10 +107,10 @@ def _feed(session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     return {inp.name: x}
 
 
-def _run_all(predictor: Any, path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+def _run_all(predictor: Any, path: Path, x: np.ndarray, options: dict[str, Any]) -> dict[str, np.ndarray]:
     from ..backends.registry import get_backend
 
-    session = get_backend(predictor.backend_name).open(path, predictor.session.device)
+    session = get_backend(predictor.backend_name).open(path, predictor.session.device, **options)
     try:
         out = session.run(_feed(session, x))
         return {info.name: arr for info, arr in zip(session.outputs, out)}
@@ -118,13 +118,15 @@ def _run_all(predictor: Any, path: Path, x: np.ndarray) -> dict[str, np.ndarray]
         session.close()
 
 
-def compare_layers(ref: Any, cand: Any, x: np.ndarray, thresholds: Any) -> LayerReport:
+def compare_layers(ref: Any, cand: Any, x: np.ndarray, thresholds: Any, ref_options: dict[str, Any] | None = None,
+                   cand_options: dict[str, Any] | None = None) -> LayerReport:
     """Compare every intermediate tensor of two ONNX predictors on the preprocessed batch ``x``.
 
     Args:
         ref, cand: :class:`~unideploy.Predictor` objects on ``.onnx`` files.
         x: one preprocessed batch (the reference's preprocessing).
         thresholds: a :class:`~unideploy.compare.Thresholds` (atol, rtol, rel_eps, min_cosine, max_fail_pct).
+        ref_options, cand_options: ``Backend.open`` options of each side (e.g. OpenVINO ``precision``).
 
     Returns:
         A :class:`LayerReport` (with ``skipped`` set when the models are not both ONNX or ``onnx`` is missing).
@@ -143,8 +145,8 @@ def compare_layers(ref: Any, cand: Any, x: np.ndarray, thresholds: Any) -> Layer
         ref_tmp, cand_tmp = Path(tmp) / "ref.onnx", Path(tmp) / "cand.onnx"
         order = expose_intermediates(ref.path, ref_tmp)
         expose_intermediates(cand.path, cand_tmp)
-        ref_out = _run_all(ref, ref_tmp, x)
-        cand_out = _run_all(cand, cand_tmp, x)
+        ref_out = _run_all(ref, ref_tmp, x, dict(ref_options or {}))
+        cand_out = _run_all(cand, cand_tmp, x, dict(cand_options or {}))
     report = LayerReport()
     th = thresholds
     for tensor, node, op in order:

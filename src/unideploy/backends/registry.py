@@ -15,6 +15,8 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime": "unideploy.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "unideploy.backends.openvino:OpenVINOBackend",
     "torch": "unideploy.backends.torch:TorchBackend",
+    "ascend": "unideploy.backends.ascend:AscendBackend",
+    "acl": "unideploy.backends.acl:AclBackend",
 }
 
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino"}

@@ -38,6 +38,7 @@ from ..spec import ModelSpec, _pair
 EXPORTERS: dict[str, str] = {
     "onnx": "unideploy.convert.onnx:write_onnx",
     "openvino": "unideploy.convert.openvino:onnx_to_openvino",
+    "om": "unideploy.convert.om:onnx_to_om",
 }
 
 #: model file suffixes export accepts, and what reads them

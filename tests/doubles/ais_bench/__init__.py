@@ -1,0 +1,1 @@
+"""Test double of the ais_bench package (see ais_bench/infer/interface.py)."""

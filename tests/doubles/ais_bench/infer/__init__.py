@@ -1,0 +1,1 @@
+"""Test double of ais_bench.infer."""

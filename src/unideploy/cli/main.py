@@ -15,6 +15,7 @@ COMMANDS = {
     "infer": "infer",
     "postprocess": "postprocess",
     "pipeline": "pipeline",
+    "serve": "serve",
     "eval": "eval",
     "demo": "demo",
     "export": "export",

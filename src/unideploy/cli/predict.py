@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-video", metavar="FILE", default=None, help="write the annotated frames as a video (.mp4/.avi)")
     p.add_argument("--save-jsonl", metavar="FILE", default=None, help="write one JSON line per image or frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray Data (a local instance, or the cluster at ADDRESS); needs the ray extra")
+    p.add_argument("--ray-actors", type=int, default=2, help="with --ray: predictor actors (default 2)")
+    p.add_argument("--save-parquet", metavar="DIR", default=None, help="with --ray: write the rows as Parquet")
     p.set_defaults(func=run)
 
 
@@ -36,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from ..sources import Source
 
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    if args.ray is not None:  # scale-out: unideploy.distributed owns this path
+        from ..distributed import predict_cli
+
+        return predict_cli(args, classes)
     source = Source(args.source, args.vid_stride)
     with load(args.model, conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic_nms,
               classes=classes, **predictor_kwargs(args)) as predictor:

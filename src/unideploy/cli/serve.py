@@ -1,0 +1,50 @@
+"""``unideploy serve MODEL``: an HTTP detection endpoint on Ray Serve (needs the ``ray`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_flags
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: images in, detections out (JSON)",
+                       description="Serve a model over HTTP with Ray Serve: POST /predict takes multipart files, "
+                                   "base64 JSON or a raw image body and answers detections as JSON; concurrent "
+                                   "requests are batched. Needs: pip install 'unideploy[ray]'.")
+    add_model_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--conf", type=float, default=0.25, help="default confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.7, help="default NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
+    p.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batching: images per model call (default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="dynamic batching: longest wait (default 10 ms)")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica (default 0)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: start a local one)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..serving import serve_model
+
+    for name, v in (("conf", args.conf), ("iou", args.iou)):
+        if not 0.0 <= v <= 1.0:
+            raise InputError(f"--{name} must be between 0 and 1, got {v}")
+    if args.max_upload_mb <= 0 or args.max_images < 1 or args.max_batch_size < 1 or args.replicas < 1:
+        raise InputError("--max-upload-mb, --max-images, --max-batch-size and --replicas must be positive")
+    kw = dict(backend=args.backend, device=args.device, imgsz=args.imgsz, family=args.family)
+    if args.threads:
+        kw["threads"] = args.threads
+    print(f"serving {args.model} on http://{args.host}:{args.port}/predict (Ctrl-C to stop)", file=sys.stderr)
+    serve_model(args.model, host=args.host, port=args.port, address=args.ray, max_upload_mb=args.max_upload_mb,
+                max_images=args.max_images, max_batch_size=args.max_batch_size,
+                batch_wait_s=args.batch_wait_ms / 1000, num_replicas=args.replicas, num_cpus=args.num_cpus,
+                num_gpus=args.num_gpus, conf=args.conf, iou=args.iou,
+                **{k: v for k, v in kw.items() if v is not None})
+    return 0

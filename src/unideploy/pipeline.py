@@ -148,7 +148,9 @@ class Predictor:
         self.session: Session = backend_cls.open(self.path, device, **backend_options)
         try:
             self.spec = self._finish_spec(base_spec, imgsz)
-            self.adapter: Adapter = resolve_adapter(self.spec, self.session.outputs, family)(self.spec, self.session.outputs)
+            self.adapter: Adapter = resolve_adapter(self.spec, self.session.outputs, family)(
+                self.spec, self.session.outputs, keep=tuple(spec or ()))
+            self.spec = self.adapter.spec  # with the family's preprocessing defaults filled in
         except BaseException:
             self.session.close()
             raise

@@ -250,9 +250,13 @@ def spec_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         if isinstance(b, int):
             d.setdefault("extra", {})["export_batch"] = b
     if meta.get("author") == "Ultralytics":
-        d["family"] = "classify" if d.get("task") == "classify" else "yolo"
+        d.setdefault("extra", {})["preprocess"] = "ultralytics"  # family defaults (e.g. ImageNet mean/std) stay off
+        rtdetr = head == "RTDETRDecoder" or "rtdetr" in meta.get("description", "").lower().replace("-", "")
+        d["family"] = "classify" if d.get("task") == "classify" else "rtdetr" if rtdetr else "yolo"
         if d.get("task") == "classify":
             d["resize"] = "crop"
+        if rtdetr:
+            d["resize"] = "stretch"  # RTDETRPredictor's scale_fill
     if SPEC_KEY in meta:
         try:
             own = json.loads(meta[SPEC_KEY])

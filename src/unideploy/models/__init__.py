@@ -12,6 +12,11 @@ from .base import Adapter
 
 _REGISTRY: dict[str, str] = {
     "yolo": "unideploy.models.yolo:YoloAdapter",
+    "yolov5": "unideploy.models.yolov5:Yolov5Adapter",
+    "yolox": "unideploy.models.yolox:YoloxAdapter",
+    "rtdetr": "unideploy.models.rtdetr:RtdetrAdapter",
+    "nanodet": "unideploy.models.nanodet:NanodetAdapter",
+    "classify": "unideploy.models.classify:ClassifyAdapter",
 }
 
 

@@ -7,7 +7,9 @@ turns one batch of raw outputs into one result per image.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+import math
+from dataclasses import fields, replace
+from typing import Any, ClassVar, Collection, Sequence
 
 import cv2
 import numpy as np
@@ -23,7 +25,8 @@ class Adapter:
     name: ClassVar[str] = "?"
     task: ClassVar[str] = "detect"
 
-    def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = ()) -> None:
+    def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep: Collection[str] = ()) -> None:
+        spec = type(self).default_spec(spec, keep)  # ``keep``: spec fields the caller set explicitly
         self.spec = spec
         self.outputs = list(outputs)
         if spec.imgsz is None:
@@ -36,6 +39,34 @@ class Adapter:
     def matches(cls, spec: ModelSpec, outputs: Sequence[TensorInfo]) -> bool:
         """True when this adapter recognises the model from its spec and output layout."""
         return False
+
+    @classmethod
+    def spec_defaults(cls, spec: ModelSpec) -> dict[str, Any]:
+        """The family's own preprocessing (spec field -> value), e.g. YOLOX's BGR 0-255 input."""
+        return {}
+
+    @classmethod
+    def default_spec(cls, spec: ModelSpec, keep: Collection[str] = ()) -> ModelSpec:
+        """``spec`` with the family's defaults filled in where the model and the user left a field generic.
+
+        A field takes the family default when it still holds ``ModelSpec``'s generic default and is not
+        named in ``keep`` (the fields the caller set explicitly). ``extra`` defaults are merged key by key.
+
+        Example:
+            >>> from unideploy.models import get_adapter
+            >>> get_adapter("yolox").default_spec(ModelSpec(imgsz=(416, 416))).channel_order
+            'bgr'
+        """
+        generic = {f.name: getattr(ModelSpec(), f.name) for f in fields(ModelSpec)}
+        changes: dict[str, Any] = {}
+        for key, value in cls.spec_defaults(spec).items():
+            if key == "extra":
+                changes["extra"] = {**value, **spec.extra}
+            elif key not in keep and getattr(spec, key) == generic[key]:
+                changes[key] = value
+        if spec.family is None and cls.name != "?":
+            changes["family"] = cls.name
+        return replace(spec, **changes) if changes else spec
 
     # -- preprocessing ------------------------------------------------------------------------
     def resize(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
@@ -85,3 +116,20 @@ class Adapter:
     def postprocess(self, outputs: list[np.ndarray], infos: list[LetterboxInfo], **options: Any) -> list[Any]:
         """Raw batched outputs -> one result per image."""
         raise NotImplementedError
+
+
+def grid_cells(imgsz: tuple[int, int], strides: Sequence[int]) -> list[tuple[int, int]]:
+    """Feature-map (height, width) per stride for an input of ``imgsz``: ceil(size / stride), as strided convs give.
+
+    Example:
+        >>> grid_cells((320, 320), (8, 16, 32))
+        [(40, 40), (20, 20), (10, 10)]
+    """
+    return [(math.ceil(imgsz[0] / s), math.ceil(imgsz[1] / s)) for s in strides]
+
+
+def count_cells(imgsz: tuple[int, int] | None, strides: Sequence[int]) -> int:
+    """Total number of grid cells over ``strides`` (0 when the input size is unknown)."""
+    if not imgsz:
+        return 0
+    return sum(h * w for h, w in grid_cells(imgsz, strides))

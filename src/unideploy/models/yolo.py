@@ -21,10 +21,11 @@ from ..ops.letterbox import LetterboxInfo, unletterbox_boxes
 from ..ops.nms import nms
 from ..results import Detections
 from ..spec import ModelSpec
-from .base import Adapter
+from .base import Adapter, count_cells
 
 MAX_WH = 7680
 MAX_NMS = 30000
+_STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64))
 
 
 class YoloAdapter(Adapter):
@@ -37,8 +38,10 @@ class YoloAdapter(Adapter):
             return False
         _, a, b = outputs[0].shape
         nc = spec.num_classes
-        if spec.end2end or b == 6:
+        if spec.end2end:
             return True
+        if b == 6:  # (B, K, 6) boxes, unless K counts the grid cells of a one-class YOLOv5 / YOLOX head
+            return not any(a in (count_cells(spec.imgsz, s), 3 * count_cells(spec.imgsz, s)) for s in _STRIDE_SETS)
         return bool(nc) and a == 4 + nc
 
     def _is_end2end(self, out: np.ndarray) -> bool:

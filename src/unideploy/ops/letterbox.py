@@ -46,6 +46,7 @@ def letterbox(
     center: bool = True,
     scaleup: bool = True,
     interpolation: int = cv2.INTER_LINEAR,
+    floor: bool = False,
 ) -> tuple[np.ndarray, LetterboxInfo]:
     """Resize ``img`` (H, W, C) to fit ``new_shape`` (height, width) keeping aspect ratio, then pad.
 
@@ -56,6 +57,7 @@ def letterbox(
         center: pad on both sides (Ultralytics) or only right/bottom (YOLOX).
         scaleup: allow enlarging small images.
         interpolation: OpenCV interpolation flag for the resize.
+        floor: truncate the resized size (YOLOX's ``int(w0 * r)``) instead of rounding it (Ultralytics).
 
     Returns:
         The padded image of shape (new_shape[0], new_shape[1], C) and the mapping used.
@@ -70,7 +72,10 @@ def letterbox(
     r = min(new_shape[0] / h0, new_shape[1] / w0)
     if not scaleup:
         r = min(r, 1.0)
-    new_unpad = (max(round(w0 * r), 1), max(round(h0 * r), 1))
+    if floor:
+        new_unpad = (max(int(w0 * r), 1), max(int(h0 * r), 1))
+    else:
+        new_unpad = (max(round(w0 * r), 1), max(round(h0 * r), 1))
     dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
     if center:
         dw /= 2

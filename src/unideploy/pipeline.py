@@ -26,6 +26,7 @@ from .errors import InputError, ModelError, UnideployError
 from .models import resolve_adapter
 from .models.base import Adapter
 from .ops.letterbox import LetterboxInfo
+from .security import verify_sha256
 from .sources import Item, Source, read_image
 from .spec import ModelSpec, read_spec
 
@@ -107,6 +108,8 @@ class Predictor:
         requests: inference runs in flight for streams (default: the runtime's optimal number, at least 2,
             so the next batch is queued while one runs).
         spec: extra spec overrides (dict).
+        sha256: pinned SHA-256 of the model file ("HEX"), or of files beside it ("weights.bin=HEX"); a mismatch
+            raises ModelError before the file is parsed (see :func:`unideploy.security.verify_sha256`).
         **backend_options: passed to ``Backend.open`` (threads, hint, cache_dir, ...).
 
     Example:
@@ -134,6 +137,7 @@ class Predictor:
         cv_threads: int | None = 1,
         requests: int | None = None,
         spec: dict[str, Any] | None = None,
+        sha256: str | Sequence[str] | dict[str, str] | None = None,
         **backend_options: Any,
     ) -> None:
         for name, v in (("conf", conf), ("iou", iou)):
@@ -142,6 +146,8 @@ class Predictor:
         if batch is not None and int(batch) < 1:
             raise InputError(f"--batch must be a positive integer, got {batch}")
         self.path = _resolve_model_path(model)
+        if sha256:  # pinned digests are checked before anything parses the file
+            verify_sha256(self.path, sha256)
         self.backend_name = backend or backend_for_path(self.path)
         backend_cls = get_backend(self.backend_name)
         base_spec = read_spec(self.path, {**(spec or {}), "family": family} if family else spec)

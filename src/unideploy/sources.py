@@ -1,8 +1,11 @@
 """Sources: images, folders, globs and video files -> decoded BGR uint8 images.
 
-Decoding follows Ultralytics (``cv2.imdecode(np.fromfile(path), IMREAD_COLOR)``: EXIF orientation
-applied, grayscale expanded to 3 channels, alpha dropped, 16-bit reduced to 8-bit). Every failure is an
-:class:`ImageDecodeError` with the reason, so a batch job can skip the file and report it.
+Decoding follows Ultralytics (``cv2.imdecode(np.fromfile(path), IMREAD_COLOR)``: all eight EXIF orientations
+applied, grayscale / grayscale+alpha / palette expanded to 3 channels, alpha dropped (not composited), 16-bit
+reduced to 8-bit by keeping the high byte). Before OpenCV sees a byte, the header is checked: only the formats
+in :data:`ALLOWED_FORMATS` are decoded (recognised by magic bytes, not by file name), and images above
+:data:`MAX_PIXELS` are refused from their declared size. Every failure is an :class:`ImageDecodeError` with the
+reason, so a batch job can skip the file and report it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import cv2
 import numpy as np
 
 from .errors import ImageDecodeError, SourceError
+from .security import IMAGE_FORMATS, sniff_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo", ".pfm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".wmv", ".webm", ".gif", ".asf", ".ts")
-#: images larger than this many pixels are refused (decompression bombs)
-MAX_PIXELS = 100_000_000
+#: images larger than this many pixels are refused from their header, before decoding (decompression bombs);
+#: set it here, per call (``max_pixels=``) or with the environment variable UNIDEPLOY_MAX_PIXELS; 0 = no limit
+MAX_PIXELS = int(os.environ.get("UNIDEPLOY_MAX_PIXELS") or 100_000_000)
+#: encoded formats handed to OpenCV (by magic bytes); others (GIF, PNM, HDR, EXR, JPEG 2000 ...) are refused unread
+ALLOWED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 
 
 @dataclass
@@ -40,43 +47,76 @@ def _jpeg_truncated(data: np.ndarray) -> bool:
     return b"\xff\xd9" not in tail[-4096:]
 
 
-def decode_image(data: np.ndarray | bytes, name: str = "<bytes>") -> np.ndarray:
+def decode_image(data: np.ndarray | bytes, name: str = "<bytes>", *, max_pixels: int | None = None,
+                 formats: tuple[str, ...] | None = None) -> np.ndarray:
     """Decode encoded image bytes to a BGR uint8 HWC array.
 
+    The format is recognised from the magic bytes and must be in ``formats`` (default :data:`ALLOWED_FORMATS`);
+    the size is read from the header and must be at most ``max_pixels`` (default :data:`MAX_PIXELS`; 0 = no
+    limit) before anything is decoded.
+
     Raises:
-        ImageDecodeError: empty, truncated, too large, or not a decodable image.
+        ImageDecodeError: empty, truncated, too large, of a format outside the allow-list, or not decodable.
+
+    Example:
+        >>> import cv2, numpy as np
+        >>> ok, enc = cv2.imencode(".png", np.zeros((4, 6), np.uint8))
+        >>> decode_image(enc.tobytes()).shape
+        (4, 6, 3)
     """
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if buf.size == 0:
         raise ImageDecodeError(f"{name}: expected an image, got an empty file")
-    head = buf[:4].tobytes()
-    if head[:3] == b"\xff\xd8\xff" and _jpeg_truncated(buf):
+    header = sniff_image(buf, name)
+    allowed = ALLOWED_FORMATS if formats is None else tuple(formats)
+    if header.format not in allowed:
+        raise ImageDecodeError(f"{name}: {header.format.upper()} images are not in the allowed formats ({', '.join(allowed)})")
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit and header.pixels > limit:
+        raise ImageDecodeError(
+            f"{name}: image is {header.width}x{header.height} ({header.pixels / 1e6:.1f} megapixels), above the limit "
+            f"of {limit / 1e6:g} megapixels (raise it with max_pixels= or UNIDEPLOY_MAX_PIXELS)")
+    if header.format == "jpeg" and _jpeg_truncated(buf):
         raise ImageDecodeError(f"{name}: expected a complete JPEG, got a truncated one (no end-of-image marker)")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # 16-bit TIFF: take the high byte of each sample, as Ultralytics does (IMREAD_COLOR alone rounds instead)
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH if header.format == "tiff" and header.bits == 16 else cv2.IMREAD_COLOR
+    try:
+        img = cv2.imdecode(buf, flags)
+    except cv2.error as e:
+        raise ImageDecodeError(f"{name}: OpenCV could not decode this {header.format.upper()} file ({str(e).strip().splitlines()[-1]})") from None
     if img is None:
-        raise ImageDecodeError(f"{name}: expected an image ({', '.join(s[1:] for s in IMAGE_SUFFIXES[:6])}…), got data OpenCV cannot decode")
-    if img.shape[0] * img.shape[1] > MAX_PIXELS:
-        raise ImageDecodeError(f"{name}: image has {img.shape[1]}x{img.shape[0]} pixels, above the limit of {MAX_PIXELS}")
+        raise ImageDecodeError(f"{name}: expected a decodable {header.format.upper()} image, got data OpenCV cannot decode")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageDecodeError(f"{name}: expected 8- or 16-bit samples, got {img.dtype} (floating-point images are not supported)")
+    if limit and img.shape[0] * img.shape[1] > limit:  # a header that understated the size
+        raise ImageDecodeError(f"{name}: image has {img.shape[1]}x{img.shape[0]} pixels, above the limit of {limit}")
     return img
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file as BGR uint8 (H, W, 3).
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read one image file as BGR uint8 (H, W, 3); see :func:`decode_image` for the checks.
 
     Raises:
-        ImageDecodeError: missing, unreadable, empty, truncated or not an image.
+        ImageDecodeError: missing, unreadable, empty, truncated, too large or not an allowed image format.
 
     Example:
         >>> img = read_image("bus.jpg")  # doctest: +SKIP
     """
     p = Path(path)
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
+        size = p.stat().st_size
+        if limit and size > 8 * limit + (1 << 26):  # more bytes than an uncompressed 16-bit RGBA image of `limit` pixels
+            raise ImageDecodeError(f"{p}: file of {size} bytes is larger than any image within the limit of "
+                                   f"{limit / 1e6:g} megapixels could be")
         data = np.fromfile(p, np.uint8)
     except FileNotFoundError:
         raise ImageDecodeError(f"{p}: expected an image file, but it does not exist") from None
     except (PermissionError, IsADirectoryError, OSError) as e:
         raise ImageDecodeError(f"{p}: expected a readable image file, got {type(e).__name__}: {e.strerror or e}") from None
-    return decode_image(data, str(p))
+    return decode_image(data, str(p), max_pixels=max_pixels)
 
 
 def _is_image(p: Path) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError, DeviceError, ModelError
+from ..security import check_model_file
 from .base import Backend, Session, TensorInfo
 
 _ORT_DTYPES = {
@@ -183,6 +184,7 @@ class OnnxRuntimeBackend(Backend):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
+        check_model_file(path)  # external data must stay inside the model's folder (before the runtime reads)
         providers = providers_for(device, ort.get_available_providers())
         threads = options.pop("threads", None) or os.environ.get("UNIDEPLOY_ORT_THREADS")
         return OnnxRuntimeSession(path, device or "cpu", ort, providers, int(threads) if threads else None, options)

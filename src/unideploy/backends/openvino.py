@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError, DeviceError, ModelError
+from ..security import check_model_file
 from .base import AsyncRunner, Backend, Session, TensorInfo
 
 
@@ -164,6 +165,7 @@ class OpenVINOBackend(Backend):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
+        check_model_file(path)  # external data must stay inside the model's folder (before the runtime reads)
         dev = (device or "CPU").upper()
         core = ov.Core()
         available = list(core.available_devices)

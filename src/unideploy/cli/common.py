@@ -13,10 +13,19 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="images per inference call (dynamic-batch models)")
     p.add_argument("--family", default=None, help="force the model family adapter (default: recognised)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's choice)")
+    p.add_argument("--model-sha256", action="append", default=None, metavar="[NAME=]DIGEST",
+                   help="refuse the model unless its SHA-256 is DIGEST; NAME=DIGEST pins a file beside it "
+                        "(an IR's .bin, external data); repeatable")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="fully unpickle .pt checkpoints the safe loader refuses (runs any code in the file)")
 
 
 def predictor_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(backend=args.backend, device=args.device, imgsz=args.imgsz, batch=args.batch, family=args.family)
     if args.threads:
         kw["threads"] = args.threads
+    if getattr(args, "model_sha256", None):
+        kw["sha256"] = args.model_sha256
+    if getattr(args, "trust_pickle", False):
+        kw["trust_pickle"] = True
     return kw

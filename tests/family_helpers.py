@@ -69,11 +69,12 @@ def calibrate(model, imgsz: tuple[int, int], to_input) -> None:
     torch = _torch()
     rng = np.random.default_rng(11)
     x = torch.from_numpy(np.stack([to_input(scene(rng, *imgsz)) for _ in range(4)]))
+    model.eval()  # only the BatchNorm layers in training mode: heads may need targets when training
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.reset_running_stats()
             mod.momentum = None
-    model.train()
+            mod.train()
     with torch.no_grad():
         model(x)
     model.eval()

@@ -136,7 +136,7 @@ class NanodetAdapter(Adapter):
             boxes = np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], -1)
             np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
             np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
-            k = class_nms(boxes, scores, cls, iou, agnostic, max_keep=max_det)
+            k = class_nms(boxes, scores, cls, iou, agnostic, max_keep=max_det, split=10000)  # split_thr
             boxes, scores, cls = boxes[k], scores[k], cls[k]
             unletterbox_boxes(boxes, info)
             results.append(Detections(boxes, scores, cls, self.spec.names, info.orig_shape))

@@ -32,8 +32,9 @@ ANCHORS_PER_CELL = 3
 STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64))
 
 
-def _dense_layout(spec: ModelSpec, outputs: Sequence[TensorInfo], per_cell: int) -> bool:
-    """One (B, N, 5 + nc) output whose N is ``per_cell`` boxes per grid cell at strides 8..32 or 8..64."""
+def _dense_layout(spec: ModelSpec, outputs: Sequence[TensorInfo], per_cell: int,
+                  stride_sets: Sequence[Sequence[int]] = STRIDE_SETS) -> bool:
+    """One (B, N, 5 + nc) output whose N is ``per_cell`` boxes per grid cell at one of ``stride_sets``."""
     if len(outputs) != 1 or len(outputs[0].shape) != 3:
         return False
     _, n, c = outputs[0].shape
@@ -41,7 +42,7 @@ def _dense_layout(spec: ModelSpec, outputs: Sequence[TensorInfo], per_cell: int)
         return False
     if spec.num_classes and c != 5 + spec.num_classes:
         return False
-    return any(n == per_cell * count_cells(spec.imgsz, s) for s in STRIDE_SETS)
+    return any(n == per_cell * count_cells(spec.imgsz, s) for s in stride_sets)
 
 
 class Yolov5Adapter(Adapter):

@@ -39,12 +39,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def class_nms(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou: float, agnostic: bool = False,
-              max_keep: int | None = None) -> np.ndarray:
-    """Per-class NMS exactly as ``torchvision.ops.batched_nms`` (offsets of max coordinate + 1 per class)."""
+              max_keep: int | None = None, split: int = 1000) -> np.ndarray:
+    """Class-aware NMS as ``torchvision.ops.batched_nms`` computes it on CPU, down to float32 rounding.
+
+    Up to ``split`` boxes, torchvision offsets each class by (largest coordinate + 1) in float32 and runs one NMS;
+    above, it runs NMS class by class (``_batched_nms_vanilla``) and sorts the kept boxes by score. mmdet-style
+    ``batched_nms`` (NanoDet) does the same with a ``split_thr`` of 10000.
+    """
+    boxes = np.asarray(boxes, np.float32)
     if agnostic or not len(boxes):
         return nms(boxes, scores, iou, max_keep=max_keep)
-    offset = cls.astype(np.float32)[:, None] * (float(boxes.max()) + 1.0)
-    return nms(boxes + offset, scores, iou, max_keep=max_keep)
+    if len(boxes) <= split:
+        offset = cls.astype(np.float32)[:, None] * (boxes.max() + np.float32(1))
+        return nms(boxes + offset, scores, iou, max_keep=max_keep)
+    keep = []
+    for c in np.unique(cls):
+        idx = np.flatnonzero(cls == c)
+        keep.append(idx[nms(boxes[idx], scores[idx], iou, max_keep=max_keep)])
+    k = np.concatenate(keep)
+    k = k[np.argsort(-np.asarray(scores)[k], kind="stable")]
+    return k[:max_keep] if max_keep is not None else k
 
 
 def grid_and_strides(imgsz: tuple[int, int], strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +91,9 @@ class YoloxAdapter(Adapter):
 
     @classmethod
     def matches(cls, spec: ModelSpec, outputs: Sequence[TensorInfo]) -> bool:
-        return spec.task == "detect" and _dense_layout(spec, outputs, 1)
+        # P6 models (strides 8..64) have as many points as NanoDet-Plus: only with class names to tell them apart
+        return spec.task == "detect" and _dense_layout(spec, outputs, 1, STRIDE_SETS if spec.num_classes else
+                                                       STRIDE_SETS[:1])
 
     @classmethod
     def spec_defaults(cls, spec: ModelSpec) -> dict[str, Any]:

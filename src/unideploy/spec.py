@@ -100,7 +100,12 @@ class ModelSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise SpecError(f"unknown model spec field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except SpecError:
+            raise
+        except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type in user metadata
+            raise SpecError(f"model spec has a field of the wrong type or value ({e}); fields: {d}") from None
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
@@ -112,6 +117,13 @@ class ModelSpec:
 
 
 def _pair(v: Any, what: str) -> tuple[int, int]:
+    try:
+        return _pair_unchecked(v, what)
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"{what} must be one size or (height, width), got {v!r}") from None
+
+
+def _pair_unchecked(v: Any, what: str) -> tuple[int, int]:
     if isinstance(v, str):
         v = [int(x) for x in re.split(r"[,x ]+", v.strip()) if x]
     if isinstance(v, (int, float)):
@@ -198,6 +210,8 @@ def read_openvino_metadata(xml_path: str | Path) -> dict[str, str]:
             data = yaml.safe_load(yml.read_text()) or {}
         except yaml.YAMLError as e:
             raise ModelError(f"{yml}: expected Ultralytics metadata YAML, could not parse it ({e})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{yml}: expected Ultralytics metadata YAML (a mapping), got a {type(data).__name__}")
         out.update({str(k): (v if isinstance(v, str) else repr(v)) for k, v in data.items()})
     text = xml_path.read_text(errors="replace")
     i = text.rfind("<rt_info>")
@@ -262,6 +276,8 @@ def spec_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
             own = json.loads(meta[SPEC_KEY])
         except json.JSONDecodeError as e:
             raise SpecError(f"embedded unideploy spec is not valid JSON ({e})") from None
+        if not isinstance(own, dict) or not isinstance(own.get("extra", {}), dict):
+            raise SpecError(f"embedded unideploy spec must be a JSON object, got {meta[SPEC_KEY][:80]!r}")
         extra = {**d.get("extra", {}), **own.pop("extra", {})}
         d.update(own)
         d["extra"] = extra
@@ -293,9 +309,12 @@ def read_spec(model_path: str | Path, overrides: dict[str, Any] | None = None) -
     for side in sidecar_paths(p):
         if side.is_file() and side != p:
             try:
-                d.update(json.loads(side.read_text()))
-            except json.JSONDecodeError as e:
+                side_spec = json.loads(side.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise SpecError(f"{side}: expected a JSON model spec, could not parse it ({e})") from None
+            if not isinstance(side_spec, dict):
+                raise SpecError(f"{side}: expected a JSON object (a model spec), got a {type(side_spec).__name__}")
+            d.update(side_spec)
             break
     d.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return ModelSpec.from_dict(d)

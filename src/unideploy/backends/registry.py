@@ -17,6 +17,7 @@ _REGISTRY: dict[str, str] = {
     "torch": "unideploy.backends.torch:TorchBackend",
     "ascend": "unideploy.backends.ascend:AscendBackend",
     "acl": "unideploy.backends.acl:AclBackend",
+    "rknn": "unideploy.backends.rknn:RknnBackend",
 }
 
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino"}

@@ -39,6 +39,7 @@ EXPORTERS: dict[str, str] = {
     "onnx": "unideploy.convert.onnx:write_onnx",
     "openvino": "unideploy.convert.openvino:onnx_to_openvino",
     "om": "unideploy.convert.om:onnx_to_om",
+    "rknn": "unideploy.convert.rknn:onnx_to_rknn",
 }
 
 #: model file suffixes export accepts, and what reads them

@@ -1,0 +1,1 @@
+"""Test double of rknn-toolkit2 (package rknn)."""

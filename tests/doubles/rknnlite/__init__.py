@@ -1,0 +1,1 @@
+"""Test double of rknn-toolkit-lite2 (package rknnlite)."""

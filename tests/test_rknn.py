@@ -1,0 +1,138 @@
+"""Rockchip RKNN: ``export --to rknn`` and the ``rknn`` backend, driven through the isolated-toolkit worker
+protocol against rknn-toolkit2 / rknn-toolkit-lite2 doubles (tests/doubles). The real toolkit run skips
+cleanly unless one is set up (UNIDEPLOY_RKNN_PYTHON or the private venv)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import unideploy
+from unideploy.convert import export as convert_export
+from unideploy.errors import BackendError, BackendUnavailableError, InputError
+
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+
+
+@pytest.fixture
+def toolkit_double(monkeypatch):
+    """The worker subprocess runs this Python with the rknn-toolkit2 double importable."""
+    monkeypatch.setenv("UNIDEPLOY_RKNN_PYTHON", sys.executable)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(DOUBLES), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("DOUBLE_RKNN_FAIL", raising=False)
+    return sys.executable
+
+
+def test_options_are_checked(tmp_path, toolkit_double):
+    from unideploy.convert import ExportOptions
+    from unideploy.convert.rknn import onnx_to_rknn
+    from unideploy.spec import ModelSpec
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    spec = ModelSpec(imgsz=(64, 64))
+    for extra, msg in [({"target": "rk9999"}, "target must be one of"), ({"dtype": "int4"}, "fp16 or int8"),
+                       ({"dtype": "int8"}, "calibration images"), ({"speed": 1}, "unknown rknn option")]:
+        with pytest.raises(InputError, match=msg):
+            onnx_to_rknn(onnx, spec, ExportOptions(base=tmp_path / "m", extra=extra))
+
+
+def test_missing_toolkit_says_how_to_set_it_up(tmp_path, monkeypatch):
+    from unideploy.convert.rknn import toolkit_python
+
+    monkeypatch.delenv("UNIDEPLOY_RKNN_PYTHON", raising=False)
+    monkeypatch.setenv("UNIDEPLOY_RKNN_VENV", str(tmp_path / "venv"))
+    with pytest.raises(BackendUnavailableError, match="install=1.*UNIDEPLOY_RKNN_PYTHON"):
+        toolkit_python(install=False)
+    assert not (tmp_path / "venv").exists()  # nothing installed without being asked
+
+
+def test_rknn_config_reproduces_the_spec_normalisation():
+    from unideploy.convert.rknn import rknn_config
+    from unideploy.spec import ModelSpec
+
+    assert rknn_config(ModelSpec()) == ([[0.0, 0.0, 0.0]], [[255.0, 255.0, 255.0]])
+    mean, std = rknn_config(ModelSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    assert mean == [[123.675, 116.28, 103.53]] and std == [[58.395, 57.12, 57.375]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_export_then_simulate_matches_onnxruntime(yolo_models, image_dir, tmp_path, toolkit_double, dtype):
+    src = yolo_models["yolov8n"]["onnx"]
+    extra = {"calib": str(image_dir), "calib_count": 8} if dtype == "int8" else {}
+    out = convert_export(src, to="rknn", out=tmp_path / "yolov8n.rknn", target="rk3588", dtype=dtype, **extra)
+    assert out.is_file() and (tmp_path / "yolov8n_rknn.onnx").is_file()
+    spec = unideploy.read_spec(out)
+    assert spec.layout == "nhwc" and spec.input_dtype == "uint8" and spec.extra["rknn"]["dtype"] == dtype
+    files = sorted(image_dir.iterdir())[:8]
+    with unideploy.load(src, conf=0.25) as ref_pred:
+        ref = ref_pred(files)
+    with unideploy.load(out, backend="rknn", conf=0.25) as pred:
+        assert pred.session.mode == "simulator"
+        assert pred.session.inputs[0].shape == (1, 320, 320, 3)
+        ours = pred(files)
+    from parity import assert_same_detections
+
+    if dtype == "int8":  # the double runs INT8 models in float: the pipeline must give ORT's detections exactly
+        for f, o, r in zip(files, ours, ref):
+            assert_same_detections(o, r.xyxy, r.confidence, r.class_id, px=1e-3, score_tol=1e-6, where=f.name)
+    else:  # fp16 outputs: boxes near the threshold may flip; 98% of ORT's boxes must be found within 1 px
+        found = total = 0
+        for o, r in zip(ours, ref):
+            total += len(r)
+            if len(o) and len(r):
+                close = (np.abs(o.xyxy[:, None] - r.xyxy[None]).max(-1) <= 1.0) & (o.class_id[:, None] == r.class_id[None])
+                found += int(close.any(0).sum())
+        assert total > 20 and found >= 0.98 * total, f"{found}/{total}"
+
+
+@pytest.mark.slow
+def test_board_runtime_with_rknnlite(yolo_models, image_dir, tmp_path, toolkit_double, monkeypatch):
+    src = yolo_models["yolov8n"]["onnx"]
+    out = convert_export(src, to="rknn", out=tmp_path / "m.rknn", target="rk3588")
+    monkeypatch.syspath_prepend(str(DOUBLES))
+    for name in [m for m in sys.modules if m.startswith(("rknnlite", "rknn_model"))]:
+        monkeypatch.delitem(sys.modules, name)
+    from rknnlite.api import RKNNLite
+
+    RKNNLite.calls.clear()
+    with unideploy.load(out, backend="rknn", device="npu:0,1,2", conf=0.25) as pred:
+        assert pred.session.mode == "board"
+        dets = pred(sorted(image_dir.iterdir())[:2])
+    assert ("init_runtime", 7) in RKNNLite.calls and RKNNLite.calls[-1] == "release"
+    assert all(d.image_shape for d in dets)
+
+
+@pytest.mark.slow
+def test_toolkit_failures_name_the_call(yolo_models, tmp_path, toolkit_double, monkeypatch):
+    monkeypatch.setenv("DOUBLE_RKNN_FAIL", "build")
+    with pytest.raises(BackendError, match=r"rknn.build failed \(ret -1\)"):
+        convert_export(yolo_models["yolov8n"]["onnx"], to="rknn", out=tmp_path / "m.rknn", target="rk3588")
+
+
+@pytest.mark.slow
+def test_real_toolkit_simulator(yolo_models, image_dir, tmp_path):
+    """With a real rknn-toolkit2 (UNIDEPLOY_RKNN_PYTHON or the private venv): fp16 simulator vs ONNX Runtime."""
+    from unideploy.convert.rknn import toolkit_python
+
+    try:
+        python = toolkit_python(install=False)
+    except BackendUnavailableError:
+        pytest.skip("rknn-toolkit2 is not set up here")
+    import subprocess
+
+    if subprocess.run([python, "-c", "import rknn.api"], capture_output=True).returncode != 0:
+        pytest.skip("UNIDEPLOY_RKNN_PYTHON has no rknn-toolkit2")
+    src = yolo_models["yolov8n"]["onnx"]
+    out = convert_export(src, to="rknn", out=tmp_path / "m.rknn", target="rk3588", dtype="fp16")
+    files = sorted(image_dir.iterdir())[:4]
+    with unideploy.load(src, conf=0.25) as ref_pred, unideploy.load(out, backend="rknn", conf=0.25) as pred:
+        ref, ours = ref_pred(files), pred(files)
+    assert sum(len(o) for o in ours) > 0
+    matched = sum(min(len(o), len(r)) for o, r in zip(ours, ref))
+    assert matched > 0.5 * sum(len(r) for r in ref)

@@ -18,6 +18,7 @@ _REGISTRY: dict[str, str] = {
     "ascend": "unideploy.backends.ascend:AscendBackend",
     "acl": "unideploy.backends.acl:AclBackend",
     "rknn": "unideploy.backends.rknn:RknnBackend",
+    "tensorrt": "unideploy.backends.tensorrt:TensorRTBackend",
 }
 
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino"}

@@ -40,6 +40,7 @@ EXPORTERS: dict[str, str] = {
     "openvino": "unideploy.convert.openvino:onnx_to_openvino",
     "om": "unideploy.convert.om:onnx_to_om",
     "rknn": "unideploy.convert.rknn:onnx_to_rknn",
+    "engine": "unideploy.convert.tensorrt:onnx_to_engine",
 }
 
 #: model file suffixes export accepts, and what reads them

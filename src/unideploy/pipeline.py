@@ -257,7 +257,7 @@ class Predictor:
         The stages overlap: a dispatcher thread reads the source and hands decoding + preprocessing to
         ``workers`` threads (bounded look-ahead), batches the results in input order and starts inference
         through the session's :class:`~unideploy.backends.base.AsyncRunner` (``requests`` runs in flight:
-        OpenVINO ``AsyncInferQueue``, several ONNX Runtime runs); a postprocess thread turns each batch's
+        OpenVINO infer requests, ONNX Runtime runs); a postprocess thread turns each batch's
         outputs into results while the next batches run. Every queue is bounded, and closing the generator
         (``break``, an exception, Ctrl-C) stops and joins all of its threads before it returns.
 

@@ -14,7 +14,8 @@ returns a ``concurrent.futures.Future`` of the outputs and blocks while ``reques
 flight; ``Session.optimal_requests()`` is the runtime's suggestion for ``requests``. The default runner
 calls ``Session.run`` from ``requests`` worker threads (serialised by the session lock unless the session
 is ``thread_safe``, so several ONNX Runtime runs can be in flight), which already overlaps inference with
-the caller's work; a backend with a native queue overrides ``async_runner`` (OpenVINO: ``AsyncInferQueue``).
+the caller's work; a backend overrides ``async_runner`` where it can do better (OpenVINO: a pool of its
+own infer requests, one per in-flight run; see ``OpenVINOAsyncRunner`` for why not ``AsyncInferQueue``).
 Each future carries ``started`` / ``finished`` (``time.perf_counter()`` stamps of the run itself, queueing
 excluded) for latency statistics.
 """

@@ -76,7 +76,7 @@ class OpenVINOSession(Session):
             return 1
 
     def async_runner(self, requests: int | None = None) -> AsyncRunner:
-        """An ``AsyncInferQueue`` with ``requests`` infer requests (default: OpenVINO's optimal number)."""
+        """A runner with ``requests`` infer requests of its own (default: OpenVINO's optimal number)."""
         if self._closed:
             raise BackendError(f"openvino session for {self.path.name} is closed")
         return OpenVINOAsyncRunner(self, requests or self.optimal_requests())
@@ -88,51 +88,47 @@ class OpenVINOSession(Session):
 
 
 class OpenVINOAsyncRunner(AsyncRunner):
-    """:class:`AsyncRunner` over OpenVINO's ``AsyncInferQueue``: runs start from the caller's thread and
-    complete on OpenVINO's own threads, which fill the futures (outputs copied out of the request)."""
+    """:class:`AsyncRunner` with ``requests`` OpenVINO infer requests of its own, each driven by one worker
+    thread (``InferRequest.infer`` releases the GIL, so the runs overlap each other and the caller).
+
+    Why not ``AsyncInferQueue``: its completion callback runs Python on OpenVINO's executor threads, which
+    then own a Python thread state; when the compiled model (or its Core) is later destroyed from Python,
+    OpenVINO joins those threads while the destroying thread holds the GIL they need to exit, and the
+    process hangs (reproduced with openvino 2026.4 on CPU). Driving requests from Python threads keeps
+    Python off OpenVINO's threads and gives the same overlap.
+    """
 
     def __init__(self, session: OpenVINOSession, requests: int = 1) -> None:
         super().__init__(session, requests)
-        ov = OpenVINOBackend.require()
+        import queue
+
         self._n_out = len(session.outputs)
-        self._queue = ov.AsyncInferQueue(session.compiled, self.requests)
-        self._queue.set_callback(self._done)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.requests):
+            self._idle.put(session.compiled.create_infer_request())
 
-    def _start(self, feeds: dict[str, np.ndarray], fut: Any) -> None:
-        fut.started = time.perf_counter()
+    def _job(self, feeds: dict[str, np.ndarray], fut: Any) -> None:
+        req = self._idle.get()
         try:
-            self._queue.start_async(feeds, fut)
-        except Exception as e:
-            raise BackendError(f"openvino failed to start {self.session.path.name}: {str(e).strip().splitlines()[0]}") from None
-
-    def _done(self, request: Any, fut: Any) -> None:
-        # runs on an OpenVINO thread: it must never raise (an exception here aborts the process)
-        try:
+            fut.started = time.perf_counter()
+            req.infer(feeds)
             fut.finished = time.perf_counter()
-            out = [request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
-        except BaseException as e:  # noqa: BLE001
-            err = BackendError(f"openvino failed to run {self.session.path.name}: {str(e).strip().splitlines()[0] if str(e) else type(e).__name__}")
+            out = [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        except BaseException as e:
+            self._idle.put(req)
             self._slots.release()
-            try:
-                fut.set_exception(err)
-            except BaseException:  # noqa: BLE001
-                pass
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fut.set_exception(BackendError(f"openvino failed to run {self.session.path.name}: {msg}")
+                              if isinstance(e, Exception) else e)
             return
+        self._idle.put(req)
         self._slots.release()
-        try:
-            fut.set_result(out)
-        except BaseException:  # noqa: BLE001
-            pass
-
-    def wait_all(self) -> None:
-        try:
-            self._queue.wait_all()
-        except Exception:
-            pass  # errors were delivered through the futures
-        super().wait_all()
+        fut.set_result(out)
 
     def _shutdown(self) -> None:
-        self._queue = None
+        super()._shutdown()
+        while not self._idle.empty():
+            self._idle.get()
 
 
 class OpenVINOBackend(Backend):

@@ -109,7 +109,7 @@ def grid_xy(h: int, w: int):
 V5_ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
 
 
-def yolov5_model(nc: int = 6, obj_bias: float = 0.5, cls_bias: float = 0.0):
+def yolov5_model(nc: int = 6, obj_bias: float = 0.5, cls_bias: float = 0.0, imgsz=(256, 320)):
     """YOLOv5 ``Detect`` in export mode over a tiny backbone: (B, 3 * cells, 5 + nc), xywh in input pixels."""
     torch = _torch()
     nn = torch.nn
@@ -117,7 +117,7 @@ def yolov5_model(nc: int = 6, obj_bias: float = 0.5, cls_bias: float = 0.0):
     class V5(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = make_backbone(3)
+            self.backbone = make_backbone(3, imgsz=imgsz)
             self.na, self.no = 3, 5 + nc
             self.m = nn.ModuleList([nn.Conv2d(24, self.na * self.no, 1) for _ in range(3)])
             self.stride = (8, 16, 32)
@@ -148,7 +148,8 @@ def yolov5_model(nc: int = 6, obj_bias: float = 0.5, cls_bias: float = 0.0):
 
 # ------------------------------------------------------------------------------------------ YOLOX
 
-def yolox_model(nc: int = 5, decode: bool = False, p6: bool = False, obj_bias: float = 1.5, cls_bias: float = 0.5):
+def yolox_model(nc: int = 5, decode: bool = False, p6: bool = False, obj_bias: float = 1.5, cls_bias: float = 0.5,
+                imgsz=(256, 320)):
     """YOLOX head (reg, obj.sigmoid(), cls.sigmoid()) over a tiny backbone; ``decode`` = ``decode_in_inference``.
 
     The input is YOLOX's: BGR 0-255 (no normalisation).
@@ -160,7 +161,7 @@ def yolox_model(nc: int = 5, decode: bool = False, p6: bool = False, obj_bias: f
     class X(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = make_backbone(len(strides), in_scale=1 / 255)
+            self.backbone = make_backbone(len(strides), in_scale=1 / 255, imgsz=imgsz)
             self.reg = nn.ModuleList([nn.Conv2d(24, 4, 1) for _ in strides])
             self.obj = nn.ModuleList([nn.Conv2d(24, 1, 1) for _ in strides])
             self.cls = nn.ModuleList([nn.Conv2d(24, nc, 1) for _ in strides])
@@ -196,7 +197,7 @@ NANODET_MEAN = (103.53, 116.28, 123.675)
 NANODET_STD = (57.375, 57.12, 58.395)
 
 
-def nanodet_model(nc: int = 7, reg_max: int = 7, cls_bias: float = -1.0):
+def nanodet_model(nc: int = 7, reg_max: int = 7, cls_bias: float = -1.0, imgsz=(256, 320)):
     """NanoDet-Plus ``_forward_onnx``: (B, N, nc + 4 * (reg_max + 1)), cls sigmoid, reg raw; strides 8..64.
 
     The input is NanoDet's: BGR, (x - mean) / std on 0-255 values.
@@ -207,7 +208,7 @@ def nanodet_model(nc: int = 7, reg_max: int = 7, cls_bias: float = -1.0):
     class N(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = make_backbone(4, in_scale=1 / 255, mean=NANODET_MEAN, std=NANODET_STD)
+            self.backbone = make_backbone(4, in_scale=1 / 255, mean=NANODET_MEAN, std=NANODET_STD, imgsz=imgsz)
             self.gfl = nn.ModuleList([nn.Conv2d(24, nc + 4 * (reg_max + 1), 1) for _ in range(4)])
             with torch.no_grad():
                 for g in self.gfl:
@@ -227,7 +228,7 @@ def nanodet_model(nc: int = 7, reg_max: int = 7, cls_bias: float = -1.0):
 
 # ----------------------------------------------------------------------------------------- RT-DETR
 
-def rtdetr_model(nc: int = 6, queries: tuple[int, int] = (15, 20), layout: str = "scores"):
+def rtdetr_model(nc: int = 6, queries: tuple[int, int] = (20, 20), layout: str = "scores", imgsz=(256, 320)):
     """RT-DETR-style query outputs: boxes (sigmoid cx, cy, w, h) and class logits for ``queries`` positions.
 
     layout "scores": one (B, Q, 4 + nc) output with sigmoid scores (older Ultralytics);
@@ -239,7 +240,7 @@ def rtdetr_model(nc: int = 6, queries: tuple[int, int] = (15, 20), layout: str =
     class R(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = make_backbone(3)
+            self.backbone = make_backbone(3, imgsz=imgsz)
             self.pool = nn.AdaptiveAvgPool2d(queries)
             self.box = nn.Conv2d(24, 4, 1)
             self.cls = nn.Conv2d(24, nc, 1)
@@ -248,7 +249,7 @@ def rtdetr_model(nc: int = 6, queries: tuple[int, int] = (15, 20), layout: str =
                 self.cls.bias -= 2.0
 
         def forward(self, x):
-            f = self.pool(self.backbone(x)[-1])
+            f = self.pool(self.backbone(x)[0])  # stride 8: the pooling divides it evenly
             boxes = self.box(f).flatten(2).permute(0, 2, 1).sigmoid()
             logits = self.cls(f).flatten(2).permute(0, 2, 1)
             if layout == "split":

@@ -10,6 +10,7 @@ import sys
 #: subcommand -> module in unideploy.cli providing ``add_parser(subparsers)`` and ``run(args) -> int``
 COMMANDS = {
     "predict": "predict",
+    "bench": "bench",
     "compare": "compare",
     "preprocess": "preprocess",
     "infer": "infer",

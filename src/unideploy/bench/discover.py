@@ -1,0 +1,141 @@
+"""Find the deployable variants of a model that sit beside it, and the backends that can run each.
+
+``model.onnx`` -> ``model.onnx``, ``model_int8.onnx``, ``model_fp16.onnx``, ``model_openvino_model/``,
+``model_int8_openvino_model/``, ``model*.xml`` in the same folder (matched by file name: the stem with a
+precision suffix removed is the common prefix). Precision comes from the name (int8 / fp16 / half / bf16 /
+fp32) or, failing that, from the file (QuantizeLinear / FakeQuantize nodes -> int8; f16 constants -> fp16).
+
+Example:
+    >>> from unideploy.bench.discover import find_variants
+    >>> [(v.path.name, v.backend, v.precision) for v in find_variants("yolov8n.onnx")]  # doctest: +SKIP
+    [('yolov8n.onnx', 'onnxruntime', 'fp32'), ('yolov8n.onnx', 'openvino', 'fp32'), ('yolov8n.xml', 'openvino', 'fp32')]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+
+_PRECISION_RE = re.compile(r"(?:^|[_\-.])(int8|i8|uint8|q8|quant(?:ized)?|fp16|half|f16|bf16|fp32|f32)(?=$|[_\-.])", re.I)
+_PRECISION_NAMES = {"i8": "int8", "uint8": "int8", "q8": "int8", "quant": "int8", "quantized": "int8",
+                    "half": "fp16", "f16": "fp16", "f32": "fp32"}
+OV_DIR_SUFFIX = "_openvino_model"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model file and one backend to run it with."""
+
+    path: Path
+    backend: str
+    precision: str
+    format: str  # "onnx", "openvino-ir", ...
+
+    @property
+    def size_mb(self) -> float:
+        return model_size_bytes(self.path) / 2**20
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.name} [{self.backend}]"
+
+
+def model_size_bytes(path: Path) -> int:
+    """Bytes on disk: the file, plus the weights ``.bin`` of an OpenVINO ``.xml``, plus ONNX external data."""
+    path = Path(path)
+    total = path.stat().st_size
+    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
+        total += path.with_suffix(".bin").stat().st_size
+    if path.suffix.lower() == ".onnx":
+        for extra in (path.with_suffix(".onnx.data"), path.with_suffix(".data")):
+            if extra.is_file():
+                total += extra.stat().st_size
+    return total
+
+
+def base_stem(name: str) -> str:
+    """Model name without an OpenVINO-folder suffix or a precision token: "yolov8n_int8" -> "yolov8n".
+
+    Example:
+        >>> base_stem("yolov8n_int8_openvino_model"), base_stem("yolov8n-fp16"), base_stem("yolov8n")
+        ('yolov8n', 'yolov8n', 'yolov8n')
+    """
+    if name.endswith(OV_DIR_SUFFIX):
+        name = name[: -len(OV_DIR_SUFFIX)]
+    return _PRECISION_RE.sub("", name) or name
+
+
+def precision_of(path: Path) -> str:
+    """"int8", "fp16", "bf16" or "fp32" from the file name, else from a cheap look at the file."""
+    names = [path.stem] + ([path.parent.name] if path.parent.name.endswith(OV_DIR_SUFFIX) else [])
+    for name in names:
+        m = _PRECISION_RE.search(name)
+        if m:
+            tok = m.group(1).lower()
+            return _PRECISION_NAMES.get(tok, tok)
+    try:
+        if path.suffix.lower() == ".xml":
+            text = path.read_text(errors="ignore")
+            if "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text:
+                return "int8"
+            if re.search(r'type="Const"[^>]*>\s*<data[^>]*element_type="f16"', text):
+                return "fp16"
+            return "fp32"
+        if path.suffix.lower() == ".onnx" and path.stat().st_size < 2**31:
+            data = path.read_bytes()
+            if b"QuantizeLinear" in data or b"QLinearConv" in data or b"MatMulInteger" in data:
+                return "int8"
+    except OSError:
+        pass
+    return "fp32"
+
+
+def _candidates(model: Path) -> list[Path]:
+    anchor = model.parent if model.parent.name.endswith(OV_DIR_SUFFIX) else model
+    folder = anchor.parent
+    stem = base_stem(anchor.stem if anchor.is_file() else anchor.name)
+    found: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if not base_stem(p.stem if p.is_file() else p.name) == stem:
+            continue
+        if p.is_file() and p.suffix.lower() in (".onnx", ".xml"):
+            found.append(p)
+        elif p.is_dir() and p.name.endswith(OV_DIR_SUFFIX):
+            found.extend(sorted(p.glob("*.xml")))
+    return found
+
+
+def find_variants(model: str | Path, backends: list[str] | None = None) -> list[Variant]:
+    """The model and its precision / format variants beside it, paired with each available backend.
+
+    Args:
+        model: a model file (.onnx / .xml) or an OpenVINO model folder.
+        backends: backends to consider (default: those installed on this machine).
+
+    Raises:
+        ModelError: the model path does not exist.
+    """
+    from ..backends.registry import get_backend, list_backends
+
+    model = Path(model)
+    if not model.exists():
+        raise ModelError(f"model file not found: {model}")
+    if model.is_dir():
+        xmls = sorted(model.glob("*.xml"))
+        if not xmls:
+            raise ModelError(f"{model}: expected a model file or a folder with an OpenVINO .xml, found none")
+        model = xmls[0]
+    names = backends if backends is not None else list_backends(available_only=True)
+    paths = _candidates(model) or [model]
+    if model.resolve() not in [p.resolve() for p in paths]:
+        paths.insert(0, model)
+    out: list[Variant] = []
+    for p in paths:
+        fmt = {".onnx": "onnx", ".xml": "openvino-ir"}.get(p.suffix.lower(), p.suffix.lstrip("."))
+        for name in names:
+            if p.suffix.lower() in get_backend(name).suffixes:
+                out.append(Variant(p, name, precision_of(p), fmt))
+    return out

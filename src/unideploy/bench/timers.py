@@ -1,0 +1,89 @@
+"""Clocks and memory probes for benchmarks: a perf_counter timer, duration parsing, RSS.
+
+Example:
+    >>> from unideploy.bench.timers import Timer, parse_duration
+    >>> with Timer() as t:
+    ...     pass
+    >>> t.seconds >= 0
+    True
+    >>> parse_duration("1.5s"), parse_duration("250ms"), parse_duration("2m")
+    (1.5, 0.25, 120.0)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from ..errors import InputError
+
+
+class Timer:
+    """Wall-clock timer (``time.perf_counter``) as a context manager; ``seconds`` holds the elapsed time.
+
+    Example:
+        >>> with Timer() as t:
+        ...     _ = sum(range(1000))
+        >>> t.seconds < 10
+        True
+    """
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.seconds = 0.0
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from "10s", "500ms", "2m", "1.5" (seconds) or a number.
+
+    Raises:
+        InputError: not a positive duration (the message shows the accepted forms).
+    """
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min)?\s*", str(text).lower())
+        if not m:
+            raise InputError(f"--time expects a duration like 10s, 500ms or 2m, got {text!r}")
+        value = float(m.group(1)) * _UNITS[m.group(2) or ""]
+    if value <= 0:
+        raise InputError(f"--time expects a positive duration, got {text!r}")
+    return value
+
+
+def rss_mb() -> float | None:
+    """Current resident set size of this process in MiB (psutil, else /proc; None where neither works)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:
+        pass
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except Exception:
+        return None
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, in MiB (``resource.getrusage``; None on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux

@@ -1,0 +1,83 @@
+"""``unideploy bench MODEL``: latency, throughput, end-to-end FPS, start-up and memory, on one or every backend."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        out = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        out = []
+    if not out or any(b < 1 for b in out):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1 or 1,8, got {text!r}")
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmark a model: latency, throughput, end-to-end FPS, start-up, memory",
+        description="Pure inference on a resident preprocessed tensor (latency min/mean/median/p90/p99, "
+                    "throughput = batch x runs / wall), end to end over --data (per-stage times, images/s, "
+                    "ratio to pure inference), start-up in fresh processes (first and cached load, time to "
+                    "first result, peak RSS). --backend all compares every installed backend and every "
+                    "precision variant found beside the model.")
+    p.add_argument("model", help="model file (.onnx, OpenVINO .xml or its folder)")
+    p.add_argument("--backend", default=None, help="runtime name, or 'all' (default: by file type)")
+    p.add_argument("--device", default=None, help="device, e.g. cpu, cuda:0, CPU, GPU (default: each backend's)")
+    p.add_argument("--batch", type=_batches, default=[1], metavar="N[,N...]", help="batch sizes (default 1)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    how_long = p.add_mutually_exclusive_group()
+    how_long.add_argument("--loop", type=int, default=100, help="timed runs (default 100)")
+    how_long.add_argument("--time", default=None, metavar="DURATION", help="run for a time instead, e.g. 10s, 500ms, 2m")
+    p.add_argument("--mode", choices=("sync", "async"), default="sync",
+                   help="sync: one run at a time; async: --requests runs in flight (default sync)")
+    p.add_argument("--requests", type=int, default=None, help="runs in flight in async mode (default: the runtime's)")
+    p.add_argument("--data", default=None, metavar="SOURCE",
+                   help="images for the end-to-end run: folder, glob, video, or data.yaml / COCO json (adds mAP)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's choice)")
+    p.add_argument("--no-startup", action="store_true", help="skip the start-up measurement (2 subprocesses per model)")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the full report as JSON")
+    p.add_argument("--plot", metavar="FILE", default=None, help="write a PNG plot (needs matplotlib: unideploy[plot])")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import benchmark, render
+    from ..bench.timers import parse_duration
+    from ..errors import InputError
+
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.loop is not None and args.loop < 1:
+        raise InputError(f"--loop must be a positive integer, got {args.loop}")
+    if args.requests is not None and args.requests < 1:
+        raise InputError(f"--requests must be a positive integer, got {args.requests}")
+    if args.requests is not None and args.mode != "async":
+        raise InputError("--requests needs --mode async (sync mode runs one request at a time)")
+    if args.plot:
+        from ..bench.plot import require_matplotlib
+
+        require_matplotlib()  # fail before the measurements, not after
+    duration = parse_duration(args.time) if args.time else None
+    report = benchmark(
+        args.model, backend=args.backend, device=args.device, batches=args.batch, warmup=args.warmup,
+        loop=None if duration else args.loop, duration=duration, mode=args.mode, requests=args.requests,
+        data=args.data, measure_startup=not args.no_startup, threads=args.threads,
+        log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
+    )
+    print(render(report))
+    if args.json:
+        from ..sinks import atomic_write_json
+
+        atomic_write_json(args.json, report)
+        print(f"saved {args.json}", file=sys.stderr)
+    if args.plot:
+        from ..bench.plot import save_plot
+
+        save_plot(report, args.plot)
+        print(f"saved {args.plot}", file=sys.stderr)
+    return 0 if any(r["batches"] and not r.get("error") for r in report["runs"]) else 1

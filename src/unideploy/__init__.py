@@ -24,6 +24,7 @@ _LAZY = {
     "ModelSpec": "spec",
     "read_spec": "spec",
     "export": "convert",
+    "quantize": "quantize",
     "list_backends": "backends.registry",
     "get_backend": "backends.registry",
     "read_image": "sources",

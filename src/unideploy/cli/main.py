@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": "eval",
     "demo": "demo",
     "export": "export",
+    "quantize": "quantize",
 }
 
 

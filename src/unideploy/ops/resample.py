@@ -1,9 +1,11 @@
-"""Pillow-exact image resizing in numpy (the resize torchvision and Ultralytics apply to PIL images).
+"""Pillow's image resizing (the resize torchvision and Ultralytics apply to PIL images), with a numpy twin.
 
 Classifiers are evaluated with ``torchvision.transforms.Resize`` on PIL images, which is Pillow's separable,
-antialiased convolution resampling in 8-bit fixed point, not OpenCV's bilinear. Reproducing it bit for bit
-(coefficients as in Pillow's ``Resample.c``: ``precompute_coeffs``, 22-bit fixed point, horizontal pass to
-uint8 then vertical pass) keeps classifier probabilities equal to the reference without importing Pillow.
+antialiased convolution resampling in 8-bit fixed point, not OpenCV's bilinear. :func:`resize_pil` calls Pillow
+when it is installed (it always is beside torchvision or Ultralytics, so the reference and this package resize
+alike), else a numpy reproduction of Pillow's ``Resample.c`` (``precompute_coeffs``, 22-bit fixed point,
+horizontal pass to uint8 then vertical pass). The numpy path is bit-exact to Pillow up to 12.x; Pillow 13 runs
+the vertical pass first for some sizes (tall images, for one), which moves some pixels by one grey level.
 """
 
 from __future__ import annotations
@@ -67,13 +69,15 @@ def _pass(img: np.ndarray, out_size: int, axis: int, filt: str) -> np.ndarray:
     return np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
-def resize_pil(img: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
-    """Resize a uint8 image (H, W) or (H, W, C) to ``size`` = (width, height) exactly as Pillow's ``Image.resize``.
+def resize_pil(img: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear",
+               backend: str = "auto") -> np.ndarray:
+    """Resize a uint8 image (H, W) or (H, W, C) to ``size`` = (width, height) as Pillow's ``Image.resize`` does.
 
     Args:
         img: uint8 image.
         size: output (width, height), the order Pillow and OpenCV use.
         interpolation: "bilinear" or "bicubic" (Pillow's antialiased filters).
+        backend: "auto" (Pillow when importable, else numpy), "pillow" or "numpy".
 
     Example:
         >>> import numpy as np
@@ -83,6 +87,15 @@ def resize_pil(img: np.ndarray, size: tuple[int, int], interpolation: str = "bil
     if interpolation not in FILTERS:
         raise ValueError(f"interpolation must be one of {sorted(FILTERS)}, got {interpolation!r}")
     w, h = size
+    if backend != "numpy" and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
+        try:
+            from PIL import Image
+        except ImportError:
+            if backend == "pillow":
+                raise
+        else:
+            flt = Image.Resampling.BILINEAR if interpolation == "bilinear" else Image.Resampling.BICUBIC
+            return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), flt))
     out = img
     if w != img.shape[1]:
         out = _pass(out, w, 1, interpolation)

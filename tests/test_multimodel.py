@@ -312,3 +312,42 @@ def test_classifier_on_crops_relabels_detections(models, image_dir, tmp_path):
                 np.testing.assert_array_equal(r.output.xyxy[k], r["detect"].xyxy[i])
                 total += 1
         assert total > 4
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "detect_then_classify.yaml"
+DEMO = Path(unideploy.__file__).resolve().parent / "assets" / "demo"
+
+
+@pytest.mark.skipif(not (DEMO / "shapes_yolov8.onnx").is_file() or not (EXAMPLE.parent / "shapes_crop_cls.onnx").is_file(),
+                    reason="demo detector or crop classifier not built")
+def test_shipped_example_runs_and_evaluates_both_stages(tmp_path, capsys):
+    """examples/detect_then_classify.yaml on the bundled demo val set: both stages reported and good."""
+    try:
+        from unideploy.models import get_adapter
+
+        get_adapter("classify")
+    except Exception:  # noqa: BLE001
+        pytest.skip("classify adapter not available")
+    assert main(["pipeline", "check", str(EXAMPLE)]) == 0
+    assert "crops/classification" in capsys.readouterr().out
+    data = DEMO / "val" / "data.yaml"
+    images = sorted((DEMO / "val" / "images").iterdir())[:40]
+    sub = tmp_path / "val"
+    (sub / "images").mkdir(parents=True)
+    (sub / "labels").mkdir()
+    for f in images:
+        (sub / "images" / f.name).symlink_to(f)
+        lbl = DEMO / "val" / "labels" / f"{f.stem}.txt"
+        (sub / "labels" / lbl.name).symlink_to(lbl)
+    names = yaml.safe_load(data.read_text())["names"]
+    (sub / "data.yaml").write_text(yaml.safe_dump({"path": str(sub), "train": "images", "val": "images", "names": names}))
+    rep = tmp_path / "r.json"
+    assert main(["pipeline", "eval", str(EXAMPLE), "--data", str(sub / "data.yaml"), "--json", str(rep), "--quiet"]) == 0
+    report = json.loads(rep.read_text())
+    st = report["stages"]
+    assert set(st) == {"detect", "classify", "labelled"}
+    assert st["detect"]["mAP50"] > 0.5 and st["labelled"]["mAP50"] > 0.5
+    assert st["classify"]["top1"] > 0.85 and st["classify"]["crops"] > 40
+    assert main(["pipeline", "run", str(EXAMPLE), str(sub / "images"), "--save-json", str(tmp_path / "p.json"),
+                 "--quiet"]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())

@@ -543,6 +543,7 @@ def postprocess(
     Example:
         >>> res = postprocess("model.onnx", "out/run1", "pre/manifest.json", save_json="dets.json")  # doctest: +SKIP
     """
+    from .results import Detections
     from .sinks import Sinks
     from .sources import read_image
 
@@ -550,6 +551,9 @@ def postprocess(
     results: list[tuple[str, Any]] = []
     try:
         for item, res in iter_postprocess(model, input, manifest, **options):
+            if not isinstance(res, Detections) and (save_json or save_txt or save_img):
+                raise InputError(f"--save-json/--save-txt/--save-img write detections; this model gives "
+                                 f"{type(res).__name__} (use the Python API's results)")
             image = None
             if sinks.wants_image and item.get("frame") is None:
                 try:

@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from export_helpers import SPEC, TinyDetector  # noqa: E402  (needs torch)
+
 needs_openvino = pytest.mark.skipif(not has_module("openvino"), reason="openvino not installed")
 #: ops a static-shape graph should no longer contain after the static_grid pass
 DYNAMIC_OPS = {"Shape", "Size", "Range", "ConstantOfShape", "Expand", "Tile", "Identity", "Cast", "Gather"}
@@ -176,26 +178,6 @@ def test_static_grid_on_dynamic_ultralytics_export(yolo_pt, tmp_path):
 
 # ----------------------------------------------------------------------------------- torch module
 
-class TinyDetector(torch.nn.Module):
-    """A stride-4 detector whose head decodes boxes on a grid built with arange/meshgrid (YOLO output layout)."""
-
-    def __init__(self, nc: int = 3) -> None:
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.SiLU(),
-                                        torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.SiLU(), torch.nn.Conv2d(16, 4 + nc, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        b, _, h, w = y.shape
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=y.dtype), torch.arange(w, dtype=y.dtype), indexing="ij")
-        grid = torch.stack([gx, gy]).reshape(1, 2, h * w)
-        y = y.flatten(2)
-        xy = (grid + torch.sigmoid(y[:, :2])) * 4.0
-        wh = torch.sigmoid(y[:, 2:4]) * 32.0
-        return torch.cat([xy, wh, torch.sigmoid(y[:, 4:])], 1)
-
-
-SPEC = {"task": "detect", "family": "yolo", "names": {0: "circle", 1: "square", 2: "triangle"}}
 
 
 @pytest.fixture(scope="module")

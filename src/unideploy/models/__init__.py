@@ -50,7 +50,8 @@ def resolve_adapter(spec: ModelSpec, outputs: Sequence[TensorInfo], family: str 
         return get_adapter(found[0])
     shapes = ", ".join(f"{o.name}{o.describe()}" for o in outputs)
     what = "several families match" if found else "no family recognises it"
+    layouts = "; ".join(f"{n}: {get_adapter(n).layout}" for n in list_families() if get_adapter(n).layout)
     raise ModelError(
         f"cannot tell the model family from outputs {shapes} ({what}: {found or 'none'}); "
-        f"pass --family, one of: {', '.join(list_families())}"
+        f"supported layouts: {layouts}; pass --family, one of: {', '.join(list_families())}"
     )

@@ -24,6 +24,8 @@ class Adapter:
 
     name: ClassVar[str] = "?"
     task: ClassVar[str] = "detect"
+    #: the output layouts this adapter reads, for error messages
+    layout: ClassVar[str] = ""
 
     def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep: Collection[str] = ()) -> None:
         spec = type(self).default_spec(spec, keep)  # ``keep``: spec fields the caller set explicitly

@@ -59,6 +59,7 @@ class ClassifyAdapter(Adapter):
 
     name = "classify"
     task = "classify"
+    layout = "(B, C) logits or probabilities"
 
     def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep: Collection[str] = ()) -> None:
         super().__init__(spec, outputs, keep)

@@ -65,6 +65,7 @@ class NanodetAdapter(Adapter):
 
     name = "nanodet"
     task = "detect"
+    layout = "(B, cells of strides 8-64, nc + 4*(reg_max+1)) class scores + distance distributions"
 
     def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep: Collection[str] = ()) -> None:
         super().__init__(spec, outputs, keep)

@@ -56,6 +56,7 @@ class RtdetrAdapter(Adapter):
 
     name = "rtdetr"
     task = "detect"
+    layout = "(B, Q, 4+nc) or boxes (B, Q, 4) + logits (B, Q, nc); Ultralytics (B, K, 6) by its metadata"
 
     def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep: Collection[str] = ()) -> None:
         super().__init__(spec, outputs, keep)

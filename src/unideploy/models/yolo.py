@@ -31,6 +31,7 @@ _STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64))
 class YoloAdapter(Adapter):
     name = "yolo"
     task = "detect"
+    layout = "(B, 4+nc, N) cx,cy,w,h + class scores, or end-to-end (B, K, 6) x1,y1,x2,y2,score,class"
 
     @classmethod
     def matches(cls, spec: ModelSpec, outputs: Sequence[TensorInfo]) -> bool:

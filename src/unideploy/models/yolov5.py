@@ -56,6 +56,7 @@ class Yolov5Adapter(Adapter):
 
     name = "yolov5"
     task = "detect"
+    layout = "(B, 3 x cells of strides 8-32 or 8-64, 5+nc) cx,cy,w,h,objectness + class scores"
 
     @classmethod
     def matches(cls, spec: ModelSpec, outputs: Sequence[TensorInfo]) -> bool:

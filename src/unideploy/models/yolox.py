@@ -82,6 +82,7 @@ class YoloxAdapter(Adapter):
 
     name = "yolox"
     task = "detect"
+    layout = "(B, cells of strides 8-32, 5+nc) raw grid or decoded boxes, objectness + class scores"
 
     def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep: Collection[str] = ()) -> None:
         super().__init__(spec, outputs, keep)

@@ -259,11 +259,21 @@ def serve_model(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int 
     serve.run(build_app(model, **kwargs), name="unideploy", route_prefix="/")
     url = f"http://{host}:{port}/"
     if blocking:
+        import signal
         import time
 
+        def _stop(*_: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)  # a service manager's stop is a clean shutdown too
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
+            pass
+        finally:
+            import ray
+
             serve.shutdown()
+            ray.shutdown()
     return url

@@ -1,6 +1,6 @@
 """The detect -> crop -> classify pipeline of detect_then_classify.yaml, built with the Python API.
 
-    python examples/pipeline_api.py IMAGE_OR_FOLDER
+python examples/pipeline_api.py IMAGE_OR_FOLDER
 """
 
 from __future__ import annotations
@@ -27,10 +27,16 @@ def main(source: str) -> None:
                 print(f"{item.name}: skipped ({error})")
                 continue
             det = result.output
-            print(f"{item.name}: {len(det)} box(es): "
-                  + ", ".join(f"{n} {c:.2f}" for n, c in zip(det.class_names, det.confidence)))
+            print(
+                f"{item.name}: {len(det)} box(es): "
+                + ", ".join(f"{n} {c:.2f}" for n, c in zip(det.class_names, det.confidence))
+            )
         print({k: f"{v * 1e3:.1f} ms" for k, v in pipeline.timings().items()})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[1] / "src/unideploy/assets/demo/val/images"))
+    main(
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else str(Path(__file__).resolve().parents[1] / "src/unideploy/assets/demo/val/images")
+    )

@@ -1,8 +1,8 @@
 """Batch prediction on Ray Data and an HTTP client for ``unideploy serve`` (needs: pip install 'unideploy[ray]').
 
-    python examples/ray_batch_and_serve.py MODEL IMAGES          # batch: COCO JSON + Parquet
-    unideploy serve MODEL --port 8000 &                            # then, in another shell:
-    python examples/ray_batch_and_serve.py --client http://127.0.0.1:8000 IMAGE
+python examples/ray_batch_and_serve.py MODEL IMAGES          # batch: COCO JSON + Parquet
+unideploy serve MODEL --port 8000 &                            # then, in another shell:
+python examples/ray_batch_and_serve.py --client http://127.0.0.1:8000 IMAGE
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ def batch(model: str, images: str) -> None:
     from unideploy import ray as uray
 
     uray.init(num_cpus=2)  # or uray.init("auto") on a cluster
-    results = uray.predict(model, images, concurrency=2, num_cpus=1, conf=0.25,
-                           save_json="ray_predictions.json", save_parquet="ray_predictions_parquet")
+    results = uray.predict(
+        model,
+        images,
+        concurrency=2,
+        num_cpus=1,
+        conf=0.25,
+        save_json="ray_predictions.json",
+        save_parquet="ray_predictions_parquet",
+    )
     for name, det in results[:5]:
         print(name, det if isinstance(det, str) else f"{len(det)} box(es)")
 
@@ -28,8 +35,9 @@ def client(url: str, image: str) -> None:
         data = f.read()
     r = requests.post(url.rstrip("/") + "/predict", files={"file": (image, data)}, timeout=60)  # multipart
     print(r.status_code, r.json())
-    r = requests.post(url.rstrip("/") + "/predict", json={"image": base64.b64encode(data).decode(), "conf": 0.5},
-                      timeout=60)  # base64 JSON, per-request threshold
+    r = requests.post(
+        url.rstrip("/") + "/predict", json={"image": base64.b64encode(data).decode(), "conf": 0.5}, timeout=60
+    )  # base64 JSON, per-request threshold
     print(r.status_code, r.json())
 
 

@@ -83,8 +83,9 @@ def cut_crops(out: Path, split: str, n: int, seed: int, crop: Crop, jitter: floa
             det = Detections(boxes_v, np.ones(len(cls)), cls, dict(enumerate(names)), img.shape[:2])
             crops = crop.run(img, det)
             for patch, k in zip(crops.images, crops.det_index):
-                cv2.imwrite(str(out / split / names[cls[k]] / f"{i:05d}_{k:02d}_{v}.jpg"), patch,
-                            [cv2.IMWRITE_JPEG_QUALITY, 95])
+                cv2.imwrite(
+                    str(out / split / names[cls[k]] / f"{i:05d}_{k:02d}_{v}.jpg"), patch, [cv2.IMWRITE_JPEG_QUALITY, 95]
+                )
                 count += 1
     return count
 
@@ -127,13 +128,30 @@ def main() -> int:
     cfg.write_text(MODEL_YAML.format(nc=len(make_shapes.CLASS_NAMES), width=a.width))
     model = YOLO(str(cfg), task="classify")
     t1 = time.time()
-    model.train(data=str(work / "data"), imgsz=a.imgsz, epochs=a.epochs, batch=a.batch, workers=2, device="cpu",
-                project=str(work / "runs"), name="train", exist_ok=True, seed=a.seed, deterministic=True,
-                optimizer="AdamW", lr0=0.003, cos_lr=True, warmup_epochs=0.5, erasing=0.0, fliplr=0.5,
-                plots=False, verbose=False, amp=False)
+    model.train(
+        data=str(work / "data"),
+        imgsz=a.imgsz,
+        epochs=a.epochs,
+        batch=a.batch,
+        workers=2,
+        device="cpu",
+        project=str(work / "runs"),
+        name="train",
+        exist_ok=True,
+        seed=a.seed,
+        deterministic=True,
+        optimizer="AdamW",
+        lr0=0.003,
+        cos_lr=True,
+        warmup_epochs=0.5,
+        erasing=0.0,
+        fliplr=0.5,
+        plots=False,
+        verbose=False,
+        amp=False,
+    )
     t_train = time.time() - t1
-    metrics = model.val(data=str(work / "data"), imgsz=a.imgsz, batch=a.batch, device="cpu", plots=False,
-                        verbose=False)
+    metrics = model.val(data=str(work / "data"), imgsz=a.imgsz, batch=a.batch, device="cpu", plots=False, verbose=False)
     onnx_path = Path(model.export(format="onnx", imgsz=a.imgsz, simplify=True, verbose=False))
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(onnx_path, dest)
@@ -147,8 +165,9 @@ def score(a: argparse.Namespace, work: Path, dest: Path, n_train: int, n_val: in
 
     import unideploy
 
-    ref = YOLO(str(dest), task="classify").val(data=str(work / "data"), imgsz=a.imgsz, batch=1, device="cpu",
-                                               plots=False, verbose=False)
+    ref = YOLO(str(dest), task="classify").val(
+        data=str(work / "data"), imgsz=a.imgsz, batch=1, device="cpu", plots=False, verbose=False
+    )
 
     hits, per_class = [], {}
     with unideploy.load(dest) as clf:
@@ -160,16 +179,22 @@ def score(a: argparse.Namespace, work: Path, dest: Path, n_train: int, n_val: in
     report = {
         "model": dest.name,
         "bytes": dest.stat().st_size,
-        "data": {"generator": f"tools/make_shapes.py make_image(seed={a.seed}) train 0..{a.train - 1}, "
-                              f"val 0..{a.val - 1}", "train_crops": n_train, "val_crops": n_val,
-                 "crop": {"pad": 0.1, "square": True, "min_size": 4}, "jitter": a.jitter},
-        "train": {"imgsz": a.imgsz, "epochs": a.epochs, "batch": a.batch, "width_multiple": a.width,
-                  **(trained or {})},
+        "data": {
+            "generator": f"tools/make_shapes.py make_image(seed={a.seed}) train 0..{a.train - 1}, val 0..{a.val - 1}",
+            "train_crops": n_train,
+            "val_crops": n_val,
+            "crop": {"pad": 0.1, "square": True, "min_size": 4},
+            "jitter": a.jitter,
+        },
+        "train": {"imgsz": a.imgsz, "epochs": a.epochs, "batch": a.batch, "width_multiple": a.width, **(trained or {})},
         "ultralytics_onnx_val_top1": float(ref.top1),
         "unideploy_onnx_top1": float(np.mean(hits)),
         "unideploy_onnx_per_class_top1": {k: float(np.mean(v)) for k, v in per_class.items()},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+        },
     }
     dest.with_name(dest.stem + "_train_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

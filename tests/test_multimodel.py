@@ -13,8 +13,17 @@ import yaml
 import unideploy
 from unideploy.cli.main import main
 from unideploy.errors import ModelError
-from unideploy.multimodel import (Crop, Crops, Filter, Merge, Model, PerCrop, Pipeline, PipelineError, Resize,
-                                  load_pipeline)
+from unideploy.multimodel import (
+    Crop,
+    Filter,
+    Merge,
+    Model,
+    PerCrop,
+    Pipeline,
+    PipelineError,
+    Resize,
+    load_pipeline,
+)
 from unideploy.results import Classifications, Detections
 from unideploy.sources import read_image
 
@@ -22,8 +31,13 @@ from unideploy.sources import read_image
 
 
 def dets(boxes, conf, cls, names=None, shape=(100, 200)) -> Detections:
-    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(conf, np.float32), np.array(cls),
-                      names or {0: "a", 1: "b", 2: "c"}, shape)
+    return Detections(
+        np.array(boxes, np.float32).reshape(-1, 4),
+        np.array(conf, np.float32),
+        np.array(cls),
+        names or {0: "a", 1: "b", 2: "c"},
+        shape,
+    )
 
 
 def test_crop_windows_pad_square_min_size():
@@ -107,16 +121,20 @@ def write_yaml(path: Path, doc: dict) -> Path:
 
 
 def two_stage_doc(det: Path, det2: Path) -> dict:
-    return {"name": "two-stage", "stages": [
-        {"name": "detect", "model": str(det), "conf": 0.3},
-        {"name": "big", "op": "filter", "min_area": 900, "max_det": 6},
-        {"name": "crops", "op": "crop", "inputs": ["input", "big"], "pad": 0.1},
-        {"name": "small", "op": "resize", "size": 96, "keep_aspect": True},
-        {"name": "refine", "model": det2.name, "conf": 0.3},  # relative to the YAML file's folder
-        {"name": "mapped", "op": "merge", "inputs": ["big", "refine"]},
-        {"name": "other", "model": det2.name, "conf": 0.3, "input": "input"},  # parallel branch, shared session
-        {"name": "both", "op": "merge", "inputs": ["detect", "other"], "nms": 0.6},
-    ], "output": "mapped"}
+    return {
+        "name": "two-stage",
+        "stages": [
+            {"name": "detect", "model": str(det), "conf": 0.3},
+            {"name": "big", "op": "filter", "min_area": 900, "max_det": 6},
+            {"name": "crops", "op": "crop", "inputs": ["input", "big"], "pad": 0.1},
+            {"name": "small", "op": "resize", "size": 96, "keep_aspect": True},
+            {"name": "refine", "model": det2.name, "conf": 0.3},  # relative to the YAML file's folder
+            {"name": "mapped", "op": "merge", "inputs": ["big", "refine"]},
+            {"name": "other", "model": det2.name, "conf": 0.3, "input": "input"},  # parallel branch, shared session
+            {"name": "both", "op": "merge", "inputs": ["detect", "other"], "nms": 0.6},
+        ],
+        "output": "mapped",
+    }
 
 
 @pytest.mark.slow
@@ -124,16 +142,32 @@ def test_yaml_equals_python_and_manual(models, image_dir, tmp_path):
     det, det2 = models
     y = write_yaml(det2.parent / "two_stage_test.yaml", two_stage_doc(det, det2))
     files = sorted(image_dir.iterdir())[:6]
-    py = Pipeline([Model("detect", det, conf=0.3), Filter("big", min_area=900, max_det=6),
-                   Crop("crops", ["input", "big"], pad=0.1), Resize("small", size=96, keep_aspect=True),
-                   Model("refine", det2, conf=0.3), Merge("mapped", ["big", "refine"]),
-                   Model("other", det2, ["input"], conf=0.3), Merge("both", ["detect", "other"], nms=0.6)],
-                  output="mapped")
+    py = Pipeline(
+        [
+            Model("detect", det, conf=0.3),
+            Filter("big", min_area=900, max_det=6),
+            Crop("crops", ["input", "big"], pad=0.1),
+            Resize("small", size=96, keep_aspect=True),
+            Model("refine", det2, conf=0.3),
+            Merge("mapped", ["big", "refine"]),
+            Model("other", det2, ["input"], conf=0.3),
+            Merge("both", ["detect", "other"], nms=0.6),
+        ],
+        output="mapped",
+    )
     with load_pipeline(y) as p, py, unideploy.load(det, conf=0.3) as p1, unideploy.load(det2, conf=0.3) as p2:
         assert len(p._cache) == 2, "refine and other share one session"
-        assert p.types == {"input": "image", "detect": "detections", "big": "detections", "crops": "crops",
-                           "small": "crops", "refine": "crops/detections", "mapped": "detections",
-                           "other": "detections", "both": "detections"}
+        assert p.types == {
+            "input": "image",
+            "detect": "detections",
+            "big": "detections",
+            "crops": "crops",
+            "small": "crops",
+            "refine": "crops/detections",
+            "mapped": "detections",
+            "other": "detections",
+            "both": "detections",
+        }
         n_mapped = 0
         for f in files:
             a, b = p(f), py(f)
@@ -145,7 +179,11 @@ def test_yaml_equals_python_and_manual(models, image_dir, tmp_path):
                     np.testing.assert_array_equal(a[k].xyxy, b[k].xyxy, err_msg=k)
                     np.testing.assert_array_equal(a[k].class_id, b[k].class_id, err_msg=k)
             # by hand: filter, crop with 10 % padding, resize, detect, map back
-            big = ref_det[np.flatnonzero((ref_det.xyxy[:, 2] - ref_det.xyxy[:, 0]) * (ref_det.xyxy[:, 3] - ref_det.xyxy[:, 1]) >= 900)]
+            big = ref_det[
+                np.flatnonzero(
+                    (ref_det.xyxy[:, 2] - ref_det.xyxy[:, 0]) * (ref_det.xyxy[:, 3] - ref_det.xyxy[:, 1]) >= 900
+                )
+            ]
             big = big[np.sort(np.argsort(-big.confidence, kind="stable")[:6])]
             np.testing.assert_array_equal(a["big"].xyxy, big.xyxy)
             boxes = []
@@ -159,8 +197,11 @@ def test_yaml_equals_python_and_manual(models, image_dir, tmp_path):
                 r = 96 / max(crop.shape[:2])
                 import cv2
 
-                small = cv2.resize(crop, (max(1, round(crop.shape[1] * r)), max(1, round(crop.shape[0] * r))),
-                                   interpolation=cv2.INTER_AREA)
+                small = cv2.resize(
+                    crop,
+                    (max(1, round(crop.shape[1] * r)), max(1, round(crop.shape[0] * r))),
+                    interpolation=cv2.INTER_AREA,
+                )
                 sub = p2(small)
                 bx = sub.xyxy.copy()
                 bx[:, 0::2] = bx[:, 0::2] / (small.shape[1] / crop.shape[1]) + wx1
@@ -179,8 +220,10 @@ def test_parallel_equals_sequential(models, image_dir):
     det, det2 = models
     doc = two_stage_doc(det, det2)
     files = sorted(image_dir.iterdir())[:4]
-    with Pipeline.from_dict(doc, base_dir=det2.parent) as seq, \
-            Pipeline.from_dict(doc, base_dir=det2.parent, parallel=True) as par:
+    with (
+        Pipeline.from_dict(doc, base_dir=det2.parent) as seq,
+        Pipeline.from_dict(doc, base_dir=det2.parent, parallel=True) as par,
+    ):
         assert [len(lv) for lv in par.levels] == [2, 2, 1, 1, 1, 1]
         for f in files:
             a, b = seq(f), par(f)
@@ -190,18 +233,29 @@ def test_parallel_equals_sequential(models, image_dir):
 
 
 BAD = [
-    ({"stages": [{"name": "d", "model": "M"}, {"name": "c", "op": "crop"}]},
-     r"stage 'c' \(crop\) takes \(image, detections\); its inputs \['d'\] give \(detections\)"),
-    ({"stages": [{"name": "d", "model": "M"}, {"name": "d2", "model": "M"}]},
-     r"stage 'd2' \(detect model .*\) takes one image or one crops input; its inputs \['d'\] give \(detections\)"),
-    ({"stages": [{"name": "d", "model": "M"}, {"name": "m", "op": "merge", "inputs": ["d", "input"]}]},
-     r"stage 'm' \(merge:\?\) takes \(detections, crops/classification\)"),
-    ({"stages": [{"name": "d", "model": "M", "input": "crops"}, {"name": "crops", "op": "crop"}]},
-     r"stage 'd' reads 'crops', which is defined later"),
+    (
+        {"stages": [{"name": "d", "model": "M"}, {"name": "c", "op": "crop"}]},
+        r"stage 'c' \(crop\) takes \(image, detections\); its inputs \['d'\] give \(detections\)",
+    ),
+    (
+        {"stages": [{"name": "d", "model": "M"}, {"name": "d2", "model": "M"}]},
+        r"stage 'd2' \(detect model .*\) takes one image or one crops input; its inputs \['d'\] give \(detections\)",
+    ),
+    (
+        {"stages": [{"name": "d", "model": "M"}, {"name": "m", "op": "merge", "inputs": ["d", "input"]}]},
+        r"stage 'm' \(merge:\?\) takes \(detections, crops/classification\)",
+    ),
+    (
+        {"stages": [{"name": "d", "model": "M", "input": "crops"}, {"name": "crops", "op": "crop"}]},
+        r"stage 'd' reads 'crops', which is defined later",
+    ),
     ({"stages": [{"name": "d", "model": "M", "input": "nope"}]}, r"stage 'd' reads 'nope', which is not a stage"),
     ({"stages": [{"name": "d", "model": "M"}, {"name": "d", "op": "filter"}]}, r"stage name 'd' is used twice"),
     ({"stages": [{"name": "d", "op": "blur"}]}, r"unknown op 'blur'; built-in ops: crop, filter, merge, resize"),
-    ({"stages": [{"name": "d", "op": "crop", "padding": 3}]}, r"op 'crop' has no parameter\(s\) \['padding'\]; valid: pad, pad_px"),
+    (
+        {"stages": [{"name": "d", "op": "crop", "padding": 3}]},
+        r"op 'crop' has no parameter\(s\) \['padding'\]; valid: pad, pad_px",
+    ),
     ({"stages": [{"name": "d"}]}, r"stage 'd' needs exactly one of 'model'"),
     ({"stages": [{"name": "input", "model": "M"}]}, r"a stage needs a name other than 'input'"),
     ({"stages": [{"name": "d", "model": "M"}], "output": "x"}, r"output 'x' is not a stage"),
@@ -247,11 +301,28 @@ def test_cli_run_check_and_eval(models, tmp_path, capsys):
     for f in imgs:
         (root / "labels" / "val" / f"{f.stem}.txt").write_text("0 0.5 0.5 0.4 0.4\n1 0.3 0.3 0.2 0.2\n")
     names = unideploy.read_spec(det).names
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val",
-                                                     "names": names}))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val", "names": names})
+    )
     js, lines = tmp_path / "r.json", tmp_path / "r.jsonl"
-    assert main(["pipeline", "run", str(y), str(root / "images" / "val"), "--save-json", str(js),
-                 "--save-jsonl", str(lines), "--save-img", str(tmp_path / "img"), "--parallel"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "run",
+                str(y),
+                str(root / "images" / "val"),
+                "--save-json",
+                str(js),
+                "--save-jsonl",
+                str(lines),
+                "--save-img",
+                str(tmp_path / "img"),
+                "--parallel",
+            ]
+        )
+        == 0
+    )
     recs = [json.loads(s) for s in lines.read_text().splitlines()]
     assert len(recs) == 3 and set(recs[0]["stages"]) == {"detect", "big", "mapped", "refine", "other", "both"}
     assert len(json.loads(js.read_text())) == sum(len(r["stages"]["mapped"]) for r in recs)
@@ -290,12 +361,15 @@ def test_classifier_on_crops_relabels_detections(models, image_dir, tmp_path):
     finally:
         os.chdir(cwd)
     files = sorted(image_dir.iterdir())[:4]
-    doc = {"name": "dtc", "stages": [
-        {"name": "detect", "model": str(det), "conf": 0.3},
-        {"name": "crops", "op": "crop", "inputs": ["input", "detect"], "pad": 0.05, "max_crops": 8},
-        {"name": "classify", "model": str(cls_path)},
-        {"name": "labelled", "op": "merge", "inputs": ["detect", "classify"], "score": "product"},
-    ]}
+    doc = {
+        "name": "dtc",
+        "stages": [
+            {"name": "detect", "model": str(det), "conf": 0.3},
+            {"name": "crops", "op": "crop", "inputs": ["input", "detect"], "pad": 0.05, "max_crops": 8},
+            {"name": "classify", "model": str(cls_path)},
+            {"name": "labelled", "op": "merge", "inputs": ["detect", "classify"], "score": "product"},
+        ],
+    }
     with Pipeline.from_dict(doc) as p, unideploy.load(cls_path) as clf:
         assert p.types["classify"] == "crops/classification"
         total = 0
@@ -318,8 +392,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "detect_then_classi
 DEMO = Path(unideploy.__file__).resolve().parent / "assets" / "demo"
 
 
-@pytest.mark.skipif(not (DEMO / "shapes_yolov8.onnx").is_file() or not (EXAMPLE.parent / "shapes_crop_cls.onnx").is_file(),
-                    reason="demo detector or crop classifier not built")
+@pytest.mark.skipif(
+    not (DEMO / "shapes_yolov8.onnx").is_file() or not (EXAMPLE.parent / "shapes_crop_cls.onnx").is_file(),
+    reason="demo detector or crop classifier not built",
+)
 def test_shipped_example_runs_and_evaluates_both_stages(tmp_path, capsys):
     """examples/detect_then_classify.yaml on the bundled demo val set: both stages reported and good."""
     try:
@@ -340,14 +416,20 @@ def test_shipped_example_runs_and_evaluates_both_stages(tmp_path, capsys):
         lbl = DEMO / "val" / "labels" / f"{f.stem}.txt"
         (sub / "labels" / lbl.name).symlink_to(lbl)
     names = yaml.safe_load(data.read_text())["names"]
-    (sub / "data.yaml").write_text(yaml.safe_dump({"path": str(sub), "train": "images", "val": "images", "names": names}))
+    (sub / "data.yaml").write_text(
+        yaml.safe_dump({"path": str(sub), "train": "images", "val": "images", "names": names})
+    )
     rep = tmp_path / "r.json"
-    assert main(["pipeline", "eval", str(EXAMPLE), "--data", str(sub / "data.yaml"), "--json", str(rep), "--quiet"]) == 0
+    assert (
+        main(["pipeline", "eval", str(EXAMPLE), "--data", str(sub / "data.yaml"), "--json", str(rep), "--quiet"]) == 0
+    )
     report = json.loads(rep.read_text())
     st = report["stages"]
     assert set(st) == {"detect", "classify", "labelled"}
     assert st["detect"]["mAP50"] > 0.5 and st["labelled"]["mAP50"] > 0.5
     assert st["classify"]["top1"] > 0.85 and st["classify"]["crops"] > 40
-    assert main(["pipeline", "run", str(EXAMPLE), str(sub / "images"), "--save-json", str(tmp_path / "p.json"),
-                 "--quiet"]) == 0
+    assert (
+        main(["pipeline", "run", str(EXAMPLE), str(sub / "images"), "--save-json", str(tmp_path / "p.json"), "--quiet"])
+        == 0
+    )
     assert json.loads((tmp_path / "p.json").read_text())

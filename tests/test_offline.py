@@ -26,8 +26,9 @@ def _assert_identical(ours, ref, where):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,outfmt,backend", [("npy", "npy", "onnxruntime"), ("bin", "bin", "onnxruntime"),
-                                                ("bin", "npy", "openvino")])
+@pytest.mark.parametrize(
+    "fmt,outfmt,backend", [("npy", "npy", "onnxruntime"), ("bin", "bin", "onnxruntime"), ("bin", "npy", "openvino")]
+)
 def test_three_stages_equal_predict(yolo_models, image_dir, tmp_path, fmt, outfmt, backend):
     """preprocess -> infer -> postprocess (through the CLI) gives exactly the detections of predict."""
     if backend == "openvino" and not has_module("openvino"):
@@ -37,20 +38,56 @@ def test_three_stages_equal_predict(yolo_models, image_dir, tmp_path, fmt, outfm
     with unideploy.load(model, backend=backend, conf=0.05) as pred:
         ref = dict(zip([f.name for f in files], pred(files)))
     pre, out = tmp_path / "pre", tmp_path / "out"
-    assert main(["preprocess", str(model), str(image_dir), "--out", str(pre), "--format", fmt, "--backend", backend]) == 0
+    assert (
+        main(["preprocess", str(model), str(image_dir), "--out", str(pre), "--format", fmt, "--backend", backend]) == 0
+    )
     manifest = json.loads((pre / "manifest.json").read_text())
     assert len(manifest["items"]) == len(files) and not manifest["skipped"]
     first = manifest["items"][0]
     assert first["dtype"] == "float32" and first["shape"] == [1, 3, 256, 320]
     assert set(first["letterbox"]) == {"orig_shape", "new_unpad", "pad", "gain"}
     assert (pre / f"{first['stem']}.{fmt}").is_file()
-    assert main(["infer", str(model), "--input", str(pre), "--output", str(out), "--outfmt", outfmt,
-                 "--backend", backend, "--output-dirname", "run1"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(model),
+                "--input",
+                str(pre),
+                "--output",
+                str(out),
+                "--outfmt",
+                outfmt,
+                "--backend",
+                backend,
+                "--output-dirname",
+                "run1",
+            ]
+        )
+        == 0
+    )
     run = out / "run1"
     assert (run / f"{first['stem']}_0.{outfmt}").is_file()
     js = tmp_path / "dets.json"
-    assert main(["postprocess", str(model), "--input", str(run), "--manifest", str(pre / "manifest.json"),
-                 "--conf", "0.05", "--save-json", str(js), "--save-txt", str(tmp_path / "txt")]) == 0
+    assert (
+        main(
+            [
+                "postprocess",
+                str(model),
+                "--input",
+                str(run),
+                "--manifest",
+                str(pre / "manifest.json"),
+                "--conf",
+                "0.05",
+                "--save-json",
+                str(js),
+                "--save-txt",
+                str(tmp_path / "txt"),
+            ]
+        )
+        == 0
+    )
     results = offline.postprocess(model, run, pre / "manifest.json", conf=0.05)
     assert [n for n, _ in results] == [f.name for f in files]
     total = 0
@@ -92,6 +129,7 @@ def test_default_subfolder_txt_outputs_and_images(yolo_models, image_dir, tmp_pa
 
 # ------------------------------------------------------------------------ a two-input model built by hand
 
+
 @pytest.fixture(scope="module")
 def two_input_model(tmp_path_factory) -> Path:
     """ONNX model with inputs a, b of shape (N, 2, 3) float32 and outputs a+b, a*b (dynamic batch)."""
@@ -102,8 +140,12 @@ def two_input_model(tmp_path_factory) -> Path:
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2, 3])
     s = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 2, 3])
     p = helper.make_tensor_value_info("prod", TensorProto.FLOAT, ["N", 2, 3])
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])],
-                              "two", [a, b], [s, p])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])],
+        "two",
+        [a, b],
+        [s, p],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
     path = tmp_path_factory.mktemp("two") / "two.onnx"
@@ -144,8 +186,10 @@ def test_bin_with_dynamic_dims_needs_shape(tmp_path):
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "K"])
     o = helper.make_tensor_value_info("o", TensorProto.FLOAT, ["N", "K"])
-    m = helper.make_model(helper.make_graph([helper.make_node("Neg", ["a"], ["o"])], "g", [a], [o]),
-                          opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(
+        helper.make_graph([helper.make_node("Neg", ["a"], ["o"])], "g", [a], [o]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "dyn.onnx"))
     offline.save_tensor(tmp_path / "in" / "x.bin", np.zeros((1, 5), np.float32))
@@ -179,8 +223,12 @@ def test_infer_errors_name_the_file(two_input_model, tmp_path):
     _expect(r"same names; unmatched: s01", two_input_model, [da, db], out)
     offline.save_tensor(da / "s01.npy", np.zeros((1, 3, 2), np.float32))
     # shape mismatch in an .npy
-    _expect(r"s01\.npy: input 'a' expects one sample of \(\?,2,3\) float32 \(batch axis 1\), the file holds \(1, 3, 2\)",
-            two_input_model, [da, db], out)
+    _expect(
+        r"s01\.npy: input 'a' expects one sample of \(\?,2,3\) float32 \(batch axis 1\), the file holds \(1, 3, 2\)",
+        two_input_model,
+        [da, db],
+        out,
+    )
     offline.save_tensor(da / "s01.npy", np.zeros((1, 2, 3), np.float64))
     _expect(r"s01\.npy: expected dtype float32, the file holds float64", two_input_model, [da, db], out)
     offline.save_tensor(da / "s01.npy", np.zeros((1, 2, 3), np.float32))
@@ -204,7 +252,10 @@ def test_cli_errors_are_one_line(two_input_model, tmp_path, capsys):
     assert main(["infer", str(two_input_model), "--input", f"{da},{db}", "--output", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "s00.bin" in err[0] and "truncated" in err[0]
-    assert main(["postprocess", str(two_input_model), "--input", str(tmp_path), "--manifest", str(tmp_path / "m.json")]) == 1
+    assert (
+        main(["postprocess", str(two_input_model), "--input", str(tmp_path), "--manifest", str(tmp_path / "m.json")])
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "m.json: expected a manifest JSON written by 'unideploy preprocess'" in err
 

@@ -25,19 +25,24 @@ def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "XyZ"
     body = b""
     for field, filename, data in parts:
         disp = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename else "")
-        body += f"--{boundary}\r\nContent-Disposition: {disp}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        body += (
+            f"--{boundary}\r\nContent-Disposition: {disp}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        )
         body += data + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return f"multipart/form-data; boundary={boundary}", body
 
 
 def test_parse_upload_forms():
-    ct, body = _multipart([("file", "a.jpg", b"\xff\xd8AAA\r\n\x00B"), ("file", "b.png", b"PNG"), ("conf", None, b"0.4")])
+    ct, body = _multipart(
+        [("file", "a.jpg", b"\xff\xd8AAA\r\n\x00B"), ("file", "b.png", b"PNG"), ("conf", None, b"0.4")]
+    )
     images, opts = parse_upload(ct, body)
     assert images == [("a.jpg", b"\xff\xd8AAA\r\n\x00B"), ("b.png", b"PNG")] and opts == {"conf": "0.4"}
     b64 = base64.b64encode(b"img").decode()
-    images, opts = parse_upload("application/json", json.dumps({"images": [b64, "data:image/png;base64," + b64],
-                                                                "iou": 0.5}).encode())
+    images, opts = parse_upload(
+        "application/json", json.dumps({"images": [b64, "data:image/png;base64," + b64], "iou": 0.5}).encode()
+    )
     assert images == [("images[0]", b"img"), ("images[1]", b"img")] and opts == {"iou": 0.5}
     assert parse_upload("image/jpeg", b"raw")[0] == [("body", b"raw")]
 
@@ -53,8 +58,12 @@ BAD_UPLOADS = [
     ("application/json", json.dumps({"images": ["aGk="] * 17}).encode(), 413, r"at most 16 images per request, got 17"),
     ("multipart/form-data", b"--x\r\n", 400, r"without a boundary"),
     ("multipart/form-data; boundary=XyZ", b"--XyZ--\r\n", 400, r"multipart/form-data body, it could not be parsed"),
-    ("multipart/form-data; boundary=XyZ", b"--XyZ\r\nContent-Disposition: form-data; name=\"conf\"\r\n\r\n0.3\r\n--XyZ--\r\n",
-     400, r"the request holds no image"),
+    (
+        "multipart/form-data; boundary=XyZ",
+        b'--XyZ\r\nContent-Disposition: form-data; name="conf"\r\n\r\n0.3\r\n--XyZ--\r\n',
+        400,
+        r"the request holds no image",
+    ),
 ]
 
 
@@ -67,8 +76,11 @@ def test_bad_uploads(ct, body, status, match):
 
 def test_check_options():
     assert check_options({"conf": "0.5", "max_det": "10"}) == {"conf": 0.5, "max_det": 10}
-    for opts, match in [({"conf": "high"}, "conf must be a number"), ({"iou": 2}, "iou must be between 0 and 1"),
-                        ({"max_det": 0}, "max_det must be a positive integer")]:
+    for opts, match in [
+        ({"conf": "high"}, "conf must be a number"),
+        ({"iou": 2}, "iou must be between 0 and 1"),
+        ({"max_det": 0}, "max_det must be a positive integer"),
+    ]:
         with pytest.raises(RequestError, match=match):
             check_options(opts)
 
@@ -128,8 +140,15 @@ def test_ray_predict_equals_single_process(ray_local, model, images, tmp_path):
 
     assert uray.__name__ == "unideploy.ray" and hasattr(uray, "predict_dataset")
     files = sorted(images.iterdir())
-    res = uray.predict(model, images, concurrency=2, batch_size=3, conf=0.2, save_json=tmp_path / "ray.json",
-                       save_parquet=tmp_path / "pq")
+    res = uray.predict(
+        model,
+        images,
+        concurrency=2,
+        batch_size=3,
+        conf=0.2,
+        save_json=tmp_path / "ray.json",
+        save_parquet=tmp_path / "pq",
+    )
     assert [n for n, _ in res] == [f.name for f in files]
     assert isinstance(res[-1][1], str) and "zz_broken.jpg" in res[-1][1] and "truncated" in res[-1][1]
     total = 0
@@ -140,8 +159,12 @@ def test_ray_predict_equals_single_process(ray_local, model, images, tmp_path):
             total += len(det)
     assert total > 20
     # the COCO JSON is the one predict --save-json writes (same ids, same records)
-    assert main(["predict", str(model), str(images), "--conf", "0.2", "--save-json", str(tmp_path / "one.json"),
-                 "--quiet"]) == 1  # 1: the broken file is reported
+    assert (
+        main(
+            ["predict", str(model), str(images), "--conf", "0.2", "--save-json", str(tmp_path / "one.json"), "--quiet"]
+        )
+        == 1
+    )  # 1: the broken file is reported
     assert json.loads((tmp_path / "ray.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
     import pyarrow.parquet as pq
 
@@ -149,8 +172,24 @@ def test_ray_predict_equals_single_process(ray_local, model, images, tmp_path):
     assert set(table.column_names) >= {"index", "path", "name", "xyxy", "confidence", "class_id", "error"}
     assert table.num_rows == len(files)
     # the CLI path
-    assert main(["predict", str(model), str(images), "--conf", "0.2", "--ray", "--ray-actors", "2",
-                 "--save-json", str(tmp_path / "cli.json"), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(model),
+                str(images),
+                "--conf",
+                "0.2",
+                "--ray",
+                "--ray-actors",
+                "2",
+                "--save-json",
+                str(tmp_path / "cli.json"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
     assert main(["predict", str(model), str(images), "--ray", "--save-txt", str(tmp_path / "t")]) == 1
 
@@ -166,12 +205,16 @@ def test_ray_evaluate_equals_single_process(ray_local, model, images, tmp_path):
     (root / "images" / "zz_broken.jpg").unlink()
     rng = np.random.default_rng(0)
     for f in (root / "images").iterdir():
-        lines = [f"{int(rng.integers(0, 80))} {rng.uniform(0.3, 0.7):.3f} {rng.uniform(0.3, 0.7):.3f} "
-                 f"{rng.uniform(0.1, 0.5):.3f} {rng.uniform(0.1, 0.5):.3f}" for _ in range(3)]
+        lines = [
+            f"{int(rng.integers(0, 80))} {rng.uniform(0.3, 0.7):.3f} {rng.uniform(0.3, 0.7):.3f} "
+            f"{rng.uniform(0.1, 0.5):.3f} {rng.uniform(0.1, 0.5):.3f}"
+            for _ in range(3)
+        ]
         (root / "labels" / f"{f.stem}.txt").write_text("\n".join(lines) + "\n")
     names = unideploy.read_spec(model).names
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images", "val": "images",
-                                                     "names": names}))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": str(root), "train": "images", "val": "images", "names": names})
+    )
     ref = evaluate(model, root / "data.yaml")
     got = distributed.evaluate(model, root / "data.yaml", concurrency=2)
     assert got["images"] == ref["images"] == 10
@@ -196,8 +239,11 @@ def server(ray_local, model):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(model, max_upload_mb=0.5, max_images=4, max_batch_size=4, batch_wait_s=0.05, conf=0.25),
-              name="unideploy", route_prefix="/")
+    serve.run(
+        build_app(model, max_upload_mb=0.5, max_images=4, max_batch_size=4, batch_wait_s=0.05, conf=0.25),
+        name="unideploy",
+        route_prefix="/",
+    )
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -221,11 +267,13 @@ def test_serve_predicts_like_predict(server, model, image_dir):
     for o in out:
         assert o["detections"] == ref[o["name"]]
     # base64 JSON with a per-request threshold; raw body
-    r = requests.post(server + "/predict", json={"image": base64.b64encode(files[0].read_bytes()).decode(), "conf": 0.6},
-                      timeout=60)
+    r = requests.post(
+        server + "/predict", json={"image": base64.b64encode(files[0].read_bytes()).decode(), "conf": 0.6}, timeout=60
+    )
     assert r.status_code == 200 and r.json()["results"][0]["detections"] == ref_conf
-    r = requests.post(server + "/predict?conf=0.6", data=files[0].read_bytes(), headers={"Content-Type": "image/jpeg"},
-                      timeout=60)
+    r = requests.post(
+        server + "/predict?conf=0.6", data=files[0].read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=60
+    )
     assert r.json()["results"][0]["detections"] == ref_conf
     # concurrent requests are batched together and each gets its own answer
     answers: dict[str, list] = {}

@@ -77,8 +77,22 @@ def same(jrec: dict, det) -> None:
 @pytest.mark.slow
 def test_video_to_annotated_video_and_jsonl(model, video, tmp_path, capsys):
     out_video, lines = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
-    assert main(["predict", str(model), str(video), "--save-video", str(out_video), "--save-jsonl", str(lines),
-                 "--conf", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model),
+                str(video),
+                "--save-video",
+                str(out_video),
+                "--save-jsonl",
+                str(lines),
+                "--conf",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     assert "video: 12 frame(s) decoded, 0 corrupt or dropped frame(s) skipped" in capsys.readouterr().err
     frames = read_frames(video)
     assert len(frames) == N_FRAMES
@@ -103,8 +117,23 @@ def test_video_to_annotated_video_and_jsonl(model, video, tmp_path, capsys):
 @pytest.mark.slow
 def test_vid_stride_and_save_img_writes_a_video(model, video, tmp_path):
     lines = tmp_path / "f.jsonl"
-    assert main(["predict", str(model), str(video), "--vid-stride", "3", "--save-img", str(tmp_path / "img"),
-                 "--save-jsonl", str(lines), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model),
+                str(video),
+                "--vid-stride",
+                "3",
+                "--save-img",
+                str(tmp_path / "img"),
+                "--save-jsonl",
+                str(lines),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert [r["frame"] for r in read_jsonl(lines)] == [0, 3, 6, 9]
     assert [p.name for p in (tmp_path / "img").iterdir()] == ["clip.mp4"]
     out = read_frames(tmp_path / "img" / "clip.mp4")
@@ -127,8 +156,9 @@ def test_corrupt_frames_are_skipped_and_counted(model, video, tmp_path, capsys):
     src = Source(bad)
     names = [item.frame for item in src]
     assert names == [i for i in range(N_FRAMES) if i not in (4, 7)]
-    assert src.stats == VideoStats(decoded=N_FRAMES - 2, skipped=2, expected=N_FRAMES, last_frame=N_FRAMES - 1,
-                                   ended_early=False, fps=10.0)
+    assert src.stats == VideoStats(
+        decoded=N_FRAMES - 2, skipped=2, expected=N_FRAMES, last_frame=N_FRAMES - 1, ended_early=False, fps=10.0
+    )
     lines = tmp_path / "f.jsonl"
     assert main(["predict", str(model), str(bad), "--save-jsonl", str(lines), "--quiet"]) == 0
     assert "video: 10 frame(s) decoded, 2 corrupt or dropped frame(s) skipped" in capsys.readouterr().err

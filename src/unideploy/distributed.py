@@ -39,7 +39,9 @@ def require_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError as e:
-        raise BackendUnavailableError(f"Ray is not installed ({e}); install it with: pip install 'unideploy[ray]'") from None
+        raise BackendUnavailableError(
+            f"Ray is not installed ({e}); install it with: pip install 'unideploy[ray]'"
+        ) from None
     return ray
 
 
@@ -53,8 +55,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None, num_gpus: i
     """
     ray = require_ray()
     if not ray.is_initialized():
-        opts: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                                    configure_logging=False)
+        opts: dict[str, Any] = dict(
+            ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
         if address:
             opts["address"] = address
         else:
@@ -97,8 +100,14 @@ class PredictorActor:
             row: dict[str, Any] = {"index": indices[i], "path": paths[i], "name": Path(paths[i]).name}
             if out.ok:
                 h, w = det.image_shape or (0, 0)
-                row.update(height=int(h), width=int(w), xyxy=det.xyxy.tolist(), confidence=det.confidence.tolist(),
-                           class_id=det.class_id.tolist(), error=None)
+                row.update(
+                    height=int(h),
+                    width=int(w),
+                    xyxy=det.xyxy.tolist(),
+                    confidence=det.confidence.tolist(),
+                    class_id=det.class_id.tolist(),
+                    error=None,
+                )
             else:
                 row.update(height=0, width=0, xyxy=[], confidence=[], class_id=[], error=str(out.error))
             rows.append(row)
@@ -109,10 +118,19 @@ def row_schema() -> Any:
     """Arrow schema of prediction rows (explicit, so that batches without boxes or errors keep their types)."""
     import pyarrow as pa
 
-    return pa.schema([("index", pa.int64()), ("path", pa.string()), ("name", pa.string()), ("height", pa.int32()),
-                      ("width", pa.int32()), ("xyxy", pa.list_(pa.list_(pa.float32(), 4))),
-                      ("confidence", pa.list_(pa.float32())), ("class_id", pa.list_(pa.int64())),
-                      ("error", pa.string())])
+    return pa.schema(
+        [
+            ("index", pa.int64()),
+            ("path", pa.string()),
+            ("name", pa.string()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("xyxy", pa.list_(pa.list_(pa.float32(), 4))),
+            ("confidence", pa.list_(pa.float32())),
+            ("class_id", pa.list_(pa.int64())),
+            ("error", pa.string()),
+        ]
+    )
 
 
 def _paths(source: Any) -> list[str]:
@@ -194,9 +212,18 @@ def to_detections(rows: Sequence[dict[str, Any]], names: dict[int, str] | None =
             out.append((r["name"], str(r["error"])))
             continue
         xyxy = np.array([list(b) for b in r["xyxy"]], np.float32).reshape(-1, 4)
-        out.append((r["name"], Detections(xyxy, np.asarray(list(r["confidence"]), np.float32),
-                                          np.asarray(list(r["class_id"]), np.int64), dict(names or {}),
-                                          (int(r["height"]), int(r["width"])))))
+        out.append(
+            (
+                r["name"],
+                Detections(
+                    xyxy,
+                    np.asarray(list(r["confidence"]), np.float32),
+                    np.asarray(list(r["class_id"]), np.int64),
+                    dict(names or {}),
+                    (int(r["height"]), int(r["width"])),
+                ),
+            )
+        )
     return out
 
 
@@ -277,25 +304,48 @@ def evaluate(
 
         raise SourceError(f"{data}: expected labelled images, found none")
     t0 = time.perf_counter()
-    rows = collect(predict_dataset(model, [str(s.path) for s in ds.samples], conf=conf, iou=iou, max_det=max_det,
-                                   **kwargs))
+    rows = collect(
+        predict_dataset(model, [str(s.path) for s in ds.samples], conf=conf, iou=iou, max_det=max_det, **kwargs)
+    )
     seconds = time.perf_counter() - t0
     records = coco_from_rows(rows)
     skipped = [f"{r['name']}: {r['error']}" for r in rows if r.get("error")]
     gt = ds.to_coco()
     if skipped:
         bad = {int(r["index"]) + 1 for r in rows if r.get("error")}
-        gt = {**gt, "images": [im for im in gt["images"] if im["id"] not in bad],
-              "annotations": [a for a in gt["annotations"] if a["image_id"] not in bad]}
+        gt = {
+            **gt,
+            "images": [im for im in gt["images"] if im["id"] not in bad],
+            "annotations": [a for a in gt["annotations"] if a["image_id"] not in bad],
+        }
     n = len(rows) - len(skipped)
-    return {**coco_map(gt, records, max_det=max_det), "images": n, "skipped": skipped,
-            "warnings": list(ds.warnings), "model": str(model), "seconds": seconds,
-            "images_per_s": n / seconds if seconds > 0 else 0.0, "backend": kwargs.get("backend") or "default",
-            "device": kwargs.get("device") or "cpu", "ray": True}
+    return {
+        **coco_map(gt, records, max_det=max_det),
+        "images": n,
+        "skipped": skipped,
+        "warnings": list(ds.warnings),
+        "model": str(model),
+        "seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else 0.0,
+        "backend": kwargs.get("backend") or "default",
+        "device": kwargs.get("device") or "cpu",
+        "ray": True,
+    }
 
 
-__all__ = ["COLUMNS", "PredictorActor", "collect", "coco_from_rows", "evaluate", "init", "predict",
-           "predict_dataset", "require_ray", "to_detections", "write_coco"]
+__all__ = [
+    "COLUMNS",
+    "PredictorActor",
+    "collect",
+    "coco_from_rows",
+    "evaluate",
+    "init",
+    "predict",
+    "predict_dataset",
+    "require_ray",
+    "to_detections",
+    "write_coco",
+]
 
 
 def predict_cli(args: Any, classes: list[int] | None) -> int:
@@ -307,19 +357,33 @@ def predict_cli(args: Any, classes: list[int] | None) -> int:
 
     for flag in ("save_txt", "save_img", "save_video", "save_jsonl"):
         if getattr(args, flag, None):
-            raise InputError(f"--{flag.replace('_', '-')} is not available with --ray; use --save-json or --save-parquet")
+            raise InputError(
+                f"--{flag.replace('_', '-')} is not available with --ray; use --save-json or --save-parquet"
+            )
     if args.ray_actors < 1:
         raise InputError(f"--ray-actors must be a positive integer, got {args.ray_actors}")
     kw = {k: v for k, v in predictor_kwargs(args).items() if v is not None}
     init(None if args.ray == "local" else args.ray)
-    results = predict(args.model, args.source, save_json=args.save_json, save_parquet=args.save_parquet,
-                      concurrency=args.ray_actors, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                      agnostic=args.agnostic_nms, classes=classes, **kw)
+    results = predict(
+        args.model,
+        args.source,
+        save_json=args.save_json,
+        save_parquet=args.save_parquet,
+        concurrency=args.ray_actors,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        agnostic=args.agnostic_nms,
+        classes=classes,
+        **kw,
+    )
     failures = [(n, d) for n, d in results if isinstance(d, str)]
     if not args.quiet:
         n_det = sum(len(d) for _, d in results if not isinstance(d, str))
-        print(f"{len(results) - len(failures)} image(s), {n_det} detection(s) on Ray with {args.ray_actors} actor(s)",
-              file=sys.stderr)
+        print(
+            f"{len(results) - len(failures)} image(s), {n_det} detection(s) on Ray with {args.ray_actors} actor(s)",
+            file=sys.stderr,
+        )
         for path in (args.save_json, args.save_parquet):
             if path:
                 print(f"saved {path}", file=sys.stderr)

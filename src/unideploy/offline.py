@@ -116,7 +116,9 @@ def load_tensor(path: str | os.PathLike, dtype: Any = None, shape: Sequence[int]
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"{path}: expected a complete .npy file, could not read it ({str(e).splitlines()[0]})") from None
+            raise InputError(
+                f"{path}: expected a complete .npy file, could not read it ({str(e).splitlines()[0]})"
+            ) from None
         if dtype is not None and arr.dtype != np.dtype(dtype):
             raise InputError(f"{path}: expected dtype {np.dtype(dtype).name}, the file holds {arr.dtype.name}")
         if want is not None and arr.shape != want:
@@ -125,16 +127,20 @@ def load_tensor(path: str | os.PathLike, dtype: Any = None, shape: Sequence[int]
     if suffix not in (".bin", ".txt"):
         raise InputError(f"{path}: expected a .npy, .bin or .txt tensor file, got suffix {path.suffix!r}")
     if dtype is None or want is None or any(d is None or d < 0 for d in want):
-        raise InputError(f"{path}: a {suffix} file has no header; its dtype and full shape must be known "
-                         f"(from the model's inputs or a manifest), got dtype={dtype}, shape={shape}")
+        raise InputError(
+            f"{path}: a {suffix} file has no header; its dtype and full shape must be known "
+            f"(from the model's inputs or a manifest), got dtype={dtype}, shape={shape}"
+        )
     dt = np.dtype(dtype)
     n = int(np.prod(want))
     if suffix == ".bin":
         size = path.stat().st_size
         if size != n * dt.itemsize:
             what = "truncated" if size < n * dt.itemsize else "too long"
-            raise InputError(f"{path}: expected {n * dt.itemsize} bytes ({dt.name} {want}), the file has {size} "
-                             f"bytes ({what}; a shape or dtype mismatch, or an incomplete copy)")
+            raise InputError(
+                f"{path}: expected {n * dt.itemsize} bytes ({dt.name} {want}), the file has {size} "
+                f"bytes ({what}; a shape or dtype mismatch, or an incomplete copy)"
+            )
         return np.fromfile(path, dt).reshape(want)
     try:
         arr = np.loadtxt(path, dtype=dt, ndmin=1).reshape(-1)
@@ -146,6 +152,7 @@ def load_tensor(path: str | os.PathLike, dtype: Any = None, shape: Sequence[int]
 
 
 # ------------------------------------------------------------------------------------------ preprocess
+
 
 def preprocess(
     model: str | os.PathLike,
@@ -203,18 +210,20 @@ def preprocess(
             stem = _stem_for(item.name, used)
             fname = f"{stem}.{fmt}"
             save_tensor(out / fname, x)
-            items.append({
-                "file": fname,
-                "stem": stem,
-                "name": item.name,
-                "source": str(item.path) if item.path is not None else item.name,
-                "frame": item.frame,
-                "index": item.index,
-                "orig_shape": list(info.orig_shape),
-                "letterbox": info.to_dict(),
-                "dtype": x.dtype.name,
-                "shape": list(x.shape),
-            })
+            items.append(
+                {
+                    "file": fname,
+                    "stem": stem,
+                    "name": item.name,
+                    "source": str(item.path) if item.path is not None else item.name,
+                    "frame": item.frame,
+                    "index": item.index,
+                    "orig_shape": list(info.orig_shape),
+                    "letterbox": info.to_dict(),
+                    "dtype": x.dtype.name,
+                    "shape": list(x.shape),
+                }
+            )
         doc = {
             "version": MANIFEST_VERSION,
             "model": str(pred.path),
@@ -254,6 +263,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ infer
+
 
 @dataclass
 class InferReport:
@@ -360,18 +370,24 @@ def infer(
     tables = [_tensor_files(d) for d in dirs]  # check the folders before opening the model
     with get_backend(backend or backend_for_path(path)).open(path, device, **backend_options) as session:
         if len(dirs) != len(session.inputs):
-            raise InputError(f"model has {len(session.inputs)} input(s) {[i.name for i in session.inputs]}; "
-                             f"--input gave {len(dirs)} folder(s)")
+            raise InputError(
+                f"model has {len(session.inputs)} input(s) {[i.name for i in session.inputs]}; "
+                f"--input gave {len(dirs)} folder(s)"
+            )
         stems = sorted(tables[0])
         for d, t in zip(dirs[1:], tables[1:]):
             missing = sorted(set(stems) ^ set(t))
             if missing:
-                raise InputError(f"input folders {dirs[0]} and {d} must hold files of the same names; "
-                                 f"unmatched: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+                raise InputError(
+                    f"input folders {dirs[0]} and {d} must hold files of the same names; "
+                    f"unmatched: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}"
+                )
         fixed = session.inputs[0].shape[0] if session.inputs[0].shape else None
         bs = int(batchsize or fixed or 1)
         if fixed and bs > fixed:
-            raise InputError(f"model input '{session.inputs[0].name}' has a fixed batch of {fixed}; --batchsize {bs} given")
+            raise InputError(
+                f"model input '{session.inputs[0].name}' has a fixed batch of {fixed}; --batchsize {bs} given"
+            )
         raw_shapes = [_sample_shape(d, i, spec_imgsz) for d, i in zip(dirs, session.inputs)]
 
         def read(stem: str) -> list[np.ndarray]:
@@ -380,18 +396,25 @@ def infer(
                 f = t[stem]
                 if f.suffix.lower() == ".bin":
                     if raw is None:
-                        raise InputError(f"{f}: a .bin file needs the input shape, but input '{info.name}' is "
-                                         f"{info.describe()} with dynamic dimensions; use .npy files or a manifest")
+                        raise InputError(
+                            f"{f}: a .bin file needs the input shape, but input '{info.name}' is "
+                            f"{info.describe()} with dynamic dimensions; use .npy files or a manifest"
+                        )
                     a = load_tensor(f, info.dtype, raw)
                 else:
                     a = load_tensor(f, info.dtype)
                 if a.ndim == len(info.shape) - 1:
                     a = a[None]
                 want = (1, *info.shape[1:])
-                if a.ndim != len(info.shape) or a.shape[0] != 1 or any(
-                        w is not None and w != g for w, g in zip(want[1:], a.shape[1:])):
-                    raise InputError(f"{f}: input '{info.name}' expects one sample of {info.describe()} "
-                                     f"(batch axis 1), the file holds {a.shape}")
+                if (
+                    a.ndim != len(info.shape)
+                    or a.shape[0] != 1
+                    or any(w is not None and w != g for w, g in zip(want[1:], a.shape[1:]))
+                ):
+                    raise InputError(
+                        f"{f}: input '{info.name}' expects one sample of {info.describe()} "
+                        f"(batch axis 1), the file holds {a.shape}"
+                    )
                 arrs.append(a)
             return arrs
 
@@ -431,20 +454,26 @@ def infer(
                 report.stems.append(stem)
         from .sinks import atomic_write_json
 
-        atomic_write_json(out_dir / OUTPUTS_NAME, {
-            "model": str(path),
-            "backend": session.backend,
-            "device": str(session.device),
-            "inputs": [str(d) for d in dirs],
-            "batchsize": bs,
-            "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": np.dtype(o.dtype).name} for o in session.outputs],
-            "files": files,
-            "mean_batch_ms": report.mean_ms,
-        })
+        atomic_write_json(
+            out_dir / OUTPUTS_NAME,
+            {
+                "model": str(path),
+                "backend": session.backend,
+                "device": str(session.device),
+                "inputs": [str(d) for d in dirs],
+                "batchsize": bs,
+                "outputs": [
+                    {"name": o.name, "shape": list(o.shape), "dtype": np.dtype(o.dtype).name} for o in session.outputs
+                ],
+                "files": files,
+                "mean_batch_ms": report.mean_ms,
+            },
+        )
     return report
 
 
 # ------------------------------------------------------------------------------------------ postprocess
+
 
 def _output_tensors(out_dir: Path, stem: str, index: dict[str, Any] | None, outputs: list[Any]) -> list[np.ndarray]:
     if index is not None and stem in index.get("files", {}):
@@ -453,7 +482,9 @@ def _output_tensors(out_dir: Path, stem: str, index: dict[str, Any] | None, outp
     for k, info in enumerate(outputs):
         f = next((out_dir / f"{stem}_{k}.{s}" for s in OUT_FORMATS if (out_dir / f"{stem}_{k}.{s}").is_file()), None)
         if f is None:
-            raise InputError(f"{out_dir}: expected output file {stem}_{k}.npy|bin|txt for input {stem!r}, it is missing")
+            raise InputError(
+                f"{out_dir}: expected output file {stem}_{k}.npy|bin|txt for input {stem!r}, it is missing"
+            )
         shape = (1, *info.shape[1:]) if info.shape else ()
         arrs.append(load_tensor(f, info.dtype, shape if f.suffix != ".npy" else None))
     return arrs
@@ -509,8 +540,13 @@ def iter_postprocess(
         with get_backend(backend or backend_for_path(path)).open(path) as s:
             outputs = list(s.outputs)
     adapter = resolve_adapter(spec, outputs, family)(spec, outputs)
-    opts = dict(conf=float(conf), iou=float(iou), max_det=int(max_det), agnostic=bool(agnostic),
-                classes=list(classes) if classes is not None else None)
+    opts = dict(
+        conf=float(conf),
+        iou=float(iou),
+        max_det=int(max_det),
+        agnostic=bool(agnostic),
+        classes=list(classes) if classes is not None else None,
+    )
     for item in doc["items"]:
         outs = _output_tensors(out_dir, item["stem"], index, outputs)
         info = LetterboxInfo.from_dict(item["letterbox"])
@@ -552,8 +588,10 @@ def postprocess(
     try:
         for item, res in iter_postprocess(model, input, manifest, **options):
             if not isinstance(res, Detections) and (save_json or save_txt or save_img):
-                raise InputError(f"--save-json/--save-txt/--save-img write detections; this model gives "
-                                 f"{type(res).__name__} (use the Python API's results)")
+                raise InputError(
+                    f"--save-json/--save-txt/--save-img write detections; this model gives "
+                    f"{type(res).__name__} (use the Python API's results)"
+                )
             image = None
             if sinks.wants_image and item.get("frame") is None:
                 try:

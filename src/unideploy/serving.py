@@ -59,7 +59,9 @@ def _b64(s: Any, what: str) -> bytes:
         raise RequestError(400, f"{what}: expected base64 data, it is not valid base64") from None
 
 
-def parse_upload(content_type: str, body: bytes, max_images: int = DEFAULT_MAX_IMAGES) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+def parse_upload(
+    content_type: str, body: bytes, max_images: int = DEFAULT_MAX_IMAGES
+) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
     """Split a request body into ``[(name, encoded image bytes)]`` plus JSON options (conf, iou, max_det).
 
     Raises:
@@ -76,11 +78,17 @@ def parse_upload(content_type: str, body: bytes, max_images: int = DEFAULT_MAX_I
     if ctype == "multipart/form-data":
         if "boundary=" not in content_type:
             raise RequestError(400, "multipart/form-data body without a boundary in its Content-Type")
-        msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+        msg = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
         if not msg.is_multipart():
             raise RequestError(400, "expected a multipart/form-data body, it could not be parsed")
         for k, part in enumerate(msg.iter_parts()):
-            name = part.get_param("filename", header="content-disposition") or part.get_param("name", header="content-disposition") or f"part{k}"
+            name = (
+                part.get_param("filename", header="content-disposition")
+                or part.get_param("name", header="content-disposition")
+                or f"part{k}"
+            )
             data = part.get_payload(decode=True) or b""
             field = part.get_param("name", header="content-disposition")
             if field in ("conf", "iou", "max_det") and not part.get_param("filename", header="content-disposition"):
@@ -98,15 +106,20 @@ def parse_upload(content_type: str, body: bytes, max_images: int = DEFAULT_MAX_I
             images.append(("image0", _b64(doc["image"], "image")))
         if "images" in doc:
             if not isinstance(doc["images"], list):
-                raise RequestError(400, f'"images" must be a list of base64 strings, got {type(doc["images"]).__name__}')
+                raise RequestError(
+                    400, f'"images" must be a list of base64 strings, got {type(doc["images"]).__name__}'
+                )
             for k, s in enumerate(doc["images"]):
                 images.append((f"images[{k}]", _b64(s, f"images[{k}]")))
         options = {k: doc[k] for k in ("conf", "iou", "max_det") if k in doc}
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         images.append(("body", body))
     else:
-        raise RequestError(415, f"unsupported Content-Type {ctype or 'none'!r}; use multipart/form-data, "
-                                f"application/json (base64) or image/*")
+        raise RequestError(
+            415,
+            f"unsupported Content-Type {ctype or 'none'!r}; use multipart/form-data, "
+            f"application/json (base64) or image/*",
+        )
     if not images:
         raise RequestError(400, "the request holds no image")
     if len(images) > max_images:
@@ -130,13 +143,25 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_json(name: str, det: Any) -> dict[str, Any]:
-    return {"name": name, "image_shape": list(det.image_shape) if det.image_shape else None,
-            "detections": det.to_dicts()}
+    return {
+        "name": name,
+        "image_shape": list(det.image_shape) if det.image_shape else None,
+        "detections": det.to_dicts(),
+    }
 
 
-def build_app(model: str | os.PathLike, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-              max_images: int = DEFAULT_MAX_IMAGES, max_batch_size: int = 8, batch_wait_s: float = 0.01,
-              num_replicas: int = 1, num_cpus: float = 1, num_gpus: float = 0, **load_kwargs: Any) -> Any:
+def build_app(
+    model: str | os.PathLike,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    max_batch_size: int = 8,
+    batch_wait_s: float = 0.01,
+    num_replicas: int = 1,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    **load_kwargs: Any,
+) -> Any:
     """A Ray Serve application (bound deployment) serving ``model``; pass it to ``serve.run``.
 
     Args:
@@ -187,9 +212,16 @@ def build_app(model: str | os.PathLike, *, max_upload_mb: float = DEFAULT_MAX_UP
 
         def info(self) -> dict[str, Any]:
             p = self.predictor
-            return {"model": p.path.name, "task": p.task, "imgsz": list(p.spec.imgsz or ()), "names": p.names,
-                    "backend": p.backend_name, "max_upload_mb": max_upload_mb, "max_images": max_images,
-                    "max_batch_size": max_batch_size}
+            return {
+                "model": p.path.name,
+                "task": p.task,
+                "imgsz": list(p.spec.imgsz or ()),
+                "names": p.names,
+                "backend": p.backend_name,
+                "max_upload_mb": max_upload_mb,
+                "max_images": max_images,
+                "max_batch_size": max_batch_size,
+            }
 
         async def __call__(self, request: Request) -> JSONResponse:
             import asyncio
@@ -211,8 +243,10 @@ def build_app(model: str | os.PathLike, *, max_upload_mb: float = DEFAULT_MAX_UP
                     raise RequestError(404, f"no route POST {path}; use POST /predict")
                 declared = request.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
-                    raise RequestError(413, f"upload of {int(declared)} bytes is over the limit of {limit} bytes "
-                                            f"({max_upload_mb:g} MB)")
+                    raise RequestError(
+                        413,
+                        f"upload of {int(declared)} bytes is over the limit of {limit} bytes ({max_upload_mb:g} MB)",
+                    )
                 chunks, size = [], 0
                 async for chunk in request.stream():
                     size += len(chunk)
@@ -229,21 +263,37 @@ def build_app(model: str | os.PathLike, *, max_upload_mb: float = DEFAULT_MAX_UP
                     except ImageDecodeError as e:
                         raise RequestError(400, str(e)) from None
                 results = await asyncio.gather(*[self.predict_batch((a, opts)) for a in arrays])
-                return JSONResponse({"model": self.predictor.path.name,
-                                     "results": [result_json(n, r) for (n, _), r in zip(images, results)]})
+                return JSONResponse(
+                    {
+                        "model": self.predictor.path.name,
+                        "results": [result_json(n, r) for (n, _), r in zip(images, results)],
+                    }
+                )
             except RequestError as e:
                 return JSONResponse({"error": str(e)}, status_code=e.status)
 
     opts: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
         opts["num_gpus"] = num_gpus
-    dep = serve.deployment(DetectionServer, name="unideploy", num_replicas=int(num_replicas), ray_actor_options=opts,
-                           max_ongoing_requests=max(16, 2 * int(max_batch_size)))
+    dep = serve.deployment(
+        DetectionServer,
+        name="unideploy",
+        num_replicas=int(num_replicas),
+        ray_actor_options=opts,
+        max_ongoing_requests=max(16, 2 * int(max_batch_size)),
+    )
     return dep.bind()
 
 
-def serve_model(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-                blocking: bool = True, **kwargs: Any) -> str:
+def serve_model(
+    model: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    blocking: bool = True,
+    **kwargs: Any,
+) -> str:
     """Start Ray (or join ``address``), deploy ``model`` on Ray Serve at ``http://host:port/`` and, with
     ``blocking``, serve until Ctrl-C. Returns the base URL.
 

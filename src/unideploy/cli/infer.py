@@ -7,10 +7,13 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("infer", help="offline stage 2: tensor files -> output files (any backend)",
-                       description="Run a model on folders of .npy/.bin tensor files (one folder per model input, "
-                                   "files matched by name) and write <stem>_<output index>.<fmt> files into a "
-                                   "date-time subfolder of --output (ais_bench conventions).")
+    p = sub.add_parser(
+        "infer",
+        help="offline stage 2: tensor files -> output files (any backend)",
+        description="Run a model on folders of .npy/.bin tensor files (one folder per model input, "
+        "files matched by name) and write <stem>_<output index>.<fmt> files into a "
+        "date-time subfolder of --output (ais_bench conventions).",
+    )
     p.add_argument("model", help="model file (.onnx, OpenVINO .xml or its folder, ...)")
     p.add_argument("--input", required=True, metavar="DIR[,DIR2…]", help="one folder per model input, in input order")
     p.add_argument("--output", required=True, metavar="DIR", help="parent folder of the output subfolder")
@@ -27,9 +30,21 @@ def run(args: argparse.Namespace) -> int:
     from ..offline import infer
 
     opts = {"threads": args.threads} if args.threads else {}
-    rep = infer(args.model, args.input, args.output, outfmt=args.outfmt, batchsize=args.batchsize,
-                output_dirname=args.output_dirname, backend=args.backend, device=args.device, **opts)
-    print(f"{len(rep.stems)} sample(s) in {rep.batches} batch(es), {rep.mean_ms:.2f} ms per batch; outputs in "
-          f"{rep.output_dir}", file=sys.stderr)
+    rep = infer(
+        args.model,
+        args.input,
+        args.output,
+        outfmt=args.outfmt,
+        batchsize=args.batchsize,
+        output_dirname=args.output_dirname,
+        backend=args.backend,
+        device=args.device,
+        **opts,
+    )
+    print(
+        f"{len(rep.stems)} sample(s) in {rep.batches} batch(es), {rep.mean_ms:.2f} ms per batch; outputs in "
+        f"{rep.output_dir}",
+        file=sys.stderr,
+    )
     print(rep.output_dir)
     return 0

@@ -7,9 +7,12 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="multi-model pipelines (detect -> crop -> classify ...) from YAML",
-                       description="Run, check or evaluate a pipeline of models and built-in ops described in YAML "
-                                   "(see docs/offline_pipelines.md).")
+    p = sub.add_parser(
+        "pipeline",
+        help="multi-model pipelines (detect -> crop -> classify ...) from YAML",
+        description="Run, check or evaluate a pipeline of models and built-in ops described in YAML "
+        "(see docs/offline_pipelines.md).",
+    )
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     r = act.add_parser("run", help="run a pipeline on images, folders, globs or videos")
     r.add_argument("pipeline", help="pipeline YAML file")
@@ -55,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
         if p.types[p.output] != "detections" and (args.save_json or args.save_txt or args.save_img):
             from ..errors import InputError
 
-            raise InputError(f"--save-json/--save-txt/--save-img need an output stage of type detections; "
-                             f"'{p.output}' gives {p.types[p.output]} (use --save-jsonl)")
+            raise InputError(
+                f"--save-json/--save-txt/--save-img need an output stage of type detections; "
+                f"'{p.output}' gives {p.types[p.output]} (use --save-jsonl)"
+            )
         sinks = Sinks(args.save_json, args.save_txt, args.save_img)
         jsonl = JsonLinesSink(args.save_jsonl) if args.save_jsonl else None
         try:
@@ -75,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
                 jsonl.close()
         if not args.quiet:
             t = p.timings()
-            print(f"{n_ok} image(s); per image: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()),
-                  file=sys.stderr)
+            print(
+                f"{n_ok} image(s); per image: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()),
+                file=sys.stderr,
+            )
     if failures:
         print(f"{len(failures)} file(s) skipped:", file=sys.stderr)
         for name, why in failures:

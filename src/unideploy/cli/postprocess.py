@@ -7,9 +7,12 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("postprocess", help="offline stage 3: output files + manifest -> detections",
-                       description="Turn the output files of 'unideploy infer' back into detections with the model "
-                                   "family's postprocessing and the manifest of 'unideploy preprocess'.")
+    p = sub.add_parser(
+        "postprocess",
+        help="offline stage 3: output files + manifest -> detections",
+        description="Turn the output files of 'unideploy infer' back into detections with the model "
+        "family's postprocessing and the manifest of 'unideploy preprocess'.",
+    )
     p.add_argument("model", help="model file (class names; outputs when OUTDIR has no outputs.json)")
     p.add_argument("--input", required=True, metavar="OUTDIR", help="output folder written by 'unideploy infer'")
     p.add_argument("--manifest", required=True, metavar="FILE", help="manifest.json written by 'unideploy preprocess'")
@@ -34,9 +37,21 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= v <= 1.0:
             raise InputError(f"--{name} must be between 0 and 1, got {v}")
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    res = postprocess(args.model, args.input, args.manifest, save_json=args.save_json, save_txt=args.save_txt,
-                      save_img=args.save_img, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                      agnostic=args.agnostic_nms, classes=classes, family=args.family, backend=args.backend)
+    res = postprocess(
+        args.model,
+        args.input,
+        args.manifest,
+        save_json=args.save_json,
+        save_txt=args.save_txt,
+        save_img=args.save_img,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        agnostic=args.agnostic_nms,
+        classes=classes,
+        family=args.family,
+        backend=args.backend,
+    )
     n = sum(len(r) for _, r in res)
     print(f"{len(res)} image(s), {n} result(s)", file=sys.stderr)
     for path in (args.save_json, args.save_txt, args.save_img):

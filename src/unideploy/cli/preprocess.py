@@ -9,9 +9,12 @@ from .common import add_model_flags, predictor_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("preprocess", help="offline stage 1: images -> tensor files + manifest",
-                       description="Preprocess images exactly as 'predict' would and write one tensor file per image "
-                                   "(batch axis 1) plus manifest.json (source, original size, letterbox, dtype, shape).")
+    p = sub.add_parser(
+        "preprocess",
+        help="offline stage 1: images -> tensor files + manifest",
+        description="Preprocess images exactly as 'predict' would and write one tensor file per image "
+        "(batch axis 1) plus manifest.json (source, original size, letterbox, dtype, shape).",
+    )
     add_model_flags(p)
     p.add_argument("source", help="image file, folder, glob pattern (quote it) or video file")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the tensor files")
@@ -24,11 +27,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..offline import preprocess, read_manifest
 
-    path = preprocess(args.model, args.source, args.out, fmt=args.format, manifest=args.manifest,
-                      vid_stride=args.vid_stride, **predictor_kwargs(args))
+    path = preprocess(
+        args.model,
+        args.source,
+        args.out,
+        fmt=args.format,
+        manifest=args.manifest,
+        vid_stride=args.vid_stride,
+        **predictor_kwargs(args),
+    )
     doc = read_manifest(path)
-    print(f"{len(doc['items'])} tensor(s) {doc['items'][0]['dtype']} {tuple(doc['items'][0]['shape'])} in {args.out}; "
-          f"manifest {path}", file=sys.stderr)
+    print(
+        f"{len(doc['items'])} tensor(s) {doc['items'][0]['dtype']} {tuple(doc['items'][0]['shape'])} in {args.out}; "
+        f"manifest {path}",
+        file=sys.stderr,
+    )
     for s in doc["skipped"]:
         print(f"  skipped {s['source']}: {s['error']}", file=sys.stderr)
     return 1 if doc["skipped"] else 0

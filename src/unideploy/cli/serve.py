@@ -9,10 +9,13 @@ from .common import add_model_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: images in, detections out (JSON)",
-                       description="Serve a model over HTTP with Ray Serve: POST /predict takes multipart files, "
-                                   "base64 JSON or a raw image body and answers detections as JSON; concurrent "
-                                   "requests are batched. Needs: pip install 'unideploy[ray]'.")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP endpoint on Ray Serve: images in, detections out (JSON)",
+        description="Serve a model over HTTP with Ray Serve: POST /predict takes multipart files, "
+        "base64 JSON or a raw image body and answers detections as JSON; concurrent "
+        "requests are batched. Needs: pip install 'unideploy[ray]'.",
+    )
     add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -42,9 +45,20 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         kw["threads"] = args.threads
     print(f"serving {args.model} on http://{args.host}:{args.port}/predict (Ctrl-C to stop)", file=sys.stderr)
-    serve_model(args.model, host=args.host, port=args.port, address=args.ray, max_upload_mb=args.max_upload_mb,
-                max_images=args.max_images, max_batch_size=args.max_batch_size,
-                batch_wait_s=args.batch_wait_ms / 1000, num_replicas=args.replicas, num_cpus=args.num_cpus,
-                num_gpus=args.num_gpus, conf=args.conf, iou=args.iou,
-                **{k: v for k, v in kw.items() if v is not None})
+    serve_model(
+        args.model,
+        host=args.host,
+        port=args.port,
+        address=args.ray,
+        max_upload_mb=args.max_upload_mb,
+        max_images=args.max_images,
+        max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_ms / 1000,
+        num_replicas=args.replicas,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        conf=args.conf,
+        iou=args.iou,
+        **{k: v for k, v in kw.items() if v is not None},
+    )
     return 0

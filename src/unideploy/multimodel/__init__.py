@@ -15,5 +15,19 @@ from .graph import Pipeline, load_pipeline, stage_from_dict
 from .stages import OPS, Crop, Filter, Merge, Model, PipelineError, Resize, Stage
 from .values import Crops, PerCrop, PipelineResult
 
-__all__ = ["OPS", "Crop", "Crops", "Filter", "Merge", "Model", "PerCrop", "Pipeline", "PipelineError",
-           "PipelineResult", "Resize", "Stage", "load_pipeline", "stage_from_dict"]
+__all__ = [
+    "OPS",
+    "Crop",
+    "Crops",
+    "Filter",
+    "Merge",
+    "Model",
+    "PerCrop",
+    "Pipeline",
+    "PipelineError",
+    "PipelineResult",
+    "Resize",
+    "Stage",
+    "load_pipeline",
+    "stage_from_dict",
+]

@@ -38,8 +38,14 @@ def _class_map(names: dict[int, str], data_names: dict[int, str]) -> tuple[dict[
     return m, sorted(v for v in names.values() if v not in by_name)
 
 
-def evaluate_pipeline(pipeline: Pipeline, data: str | Path, *, images: str | Path | None = None,
-                      progress: bool = False, max_det: int = 300) -> dict[str, Any]:
+def evaluate_pipeline(
+    pipeline: Pipeline,
+    data: str | Path,
+    *,
+    images: str | Path | None = None,
+    progress: bool = False,
+    max_det: int = 300,
+) -> dict[str, Any]:
     """Per-stage accuracy of ``pipeline`` on a COCO JSON or Ultralytics data.yaml (val split).
 
     Returns:
@@ -85,10 +91,18 @@ def evaluate_pipeline(pipeline: Pipeline, data: str | Path, *, images: str | Pat
             unmatched[n].update(bad)
             for box, s, c in zip(det.xywh, det.confidence, det.class_id):
                 if int(c) in m:
-                    records[n].append({"image_id": image_id, "category_id": m[int(c)] + 1,
-                                       "bbox": [float(v) for v in box], "score": float(s)})
+                    records[n].append(
+                        {
+                            "image_id": image_id,
+                            "category_id": m[int(c)] + 1,
+                            "bbox": [float(v) for v in box],
+                            "score": float(s),
+                        }
+                    )
         if cls_stages and crop_inputs:
-            gt = Detections(sample.xyxy, np.ones(len(sample.xyxy), np.float32), sample.class_id, ds.names, img.shape[:2])
+            gt = Detections(
+                sample.xyxy, np.ones(len(sample.xyxy), np.float32), sample.class_id, ds.names, img.shape[:2]
+            )
             forced = pipeline.run_image(img, sample.path.name, overrides={n: gt for n in crop_inputs})
             for n in cls_stages:
                 per: PerCrop = forced[n]
@@ -105,8 +119,11 @@ def evaluate_pipeline(pipeline: Pipeline, data: str | Path, *, images: str | Pat
     if skipped:
         bad_names = {s.split(":")[0] for s in skipped}
         keep = {im["id"] for im in gt_coco["images"] if im["file_name"] not in bad_names}
-        gt_coco = {**gt_coco, "images": [im for im in gt_coco["images"] if im["id"] in keep],
-                   "annotations": [a for a in gt_coco["annotations"] if a["image_id"] in keep]}
+        gt_coco = {
+            **gt_coco,
+            "images": [im for im in gt_coco["images"] if im["id"] in keep],
+            "annotations": [a for a in gt_coco["annotations"] if a["image_id"] in keep],
+        }
     stages: dict[str, Any] = {}
     warnings = list(ds.warnings)
     for n in det_stages:
@@ -116,13 +133,24 @@ def evaluate_pipeline(pipeline: Pipeline, data: str | Path, *, images: str | Pat
     for n in cls_stages:
         hits = cls_hits[n]
         flat = [h for v in hits.values() for h in v]
-        stages[n] = {"type": CROP_CLASSIFICATION, "on": "ground-truth boxes", "crops": len(flat),
-                     "top1": float(np.mean(flat)) if flat else 0.0,
-                     "per_class": {k: float(np.mean(v)) for k, v in sorted(hits.items())}}
+        stages[n] = {
+            "type": CROP_CLASSIFICATION,
+            "on": "ground-truth boxes",
+            "crops": len(flat),
+            "top1": float(np.mean(flat)) if flat else 0.0,
+            "per_class": {k: float(np.mean(v)) for k, v in sorted(hits.items())},
+        }
     n_img = len(ds.samples) - len(skipped)
-    return {"pipeline": pipeline.name, "images": n_img, "seconds": seconds,
-            "images_per_s": n_img / seconds if seconds > 0 else 0.0, "skipped": skipped, "warnings": warnings,
-            "stages": stages, "timings_ms": {k: v * 1e3 for k, v in pipeline.timings().items()}}
+    return {
+        "pipeline": pipeline.name,
+        "images": n_img,
+        "seconds": seconds,
+        "images_per_s": n_img / seconds if seconds > 0 else 0.0,
+        "skipped": skipped,
+        "warnings": warnings,
+        "stages": stages,
+        "timings_ms": {k: v * 1e3 for k, v in pipeline.timings().items()},
+    }
 
 
 def format_report(r: dict[str, Any]) -> str:

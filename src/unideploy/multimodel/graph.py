@@ -78,13 +78,21 @@ class Pipeline:
     Example:
         >>> from unideploy.multimodel import Pipeline, Model, Crop, Merge
         >>> with Pipeline([Model("detect", "det.onnx"), Crop("crops", ["input", "detect"], pad=0.1),
-        ...                Model("classify", "cls.onnx"), Merge("labelled", ["detect", "classify"])]) as p:  # doctest: +SKIP
+        ...                Model("classify", "cls.onnx"),
+        ...                Merge("labelled", ["detect", "classify"])]) as p:  # doctest: +SKIP
         ...     result = p("image.jpg")
         ...     print(result.output.class_names, result["detect"].class_names)
     """
 
-    def __init__(self, stages: Sequence[Stage], output: str | None = None, *, name: str = "pipeline",
-                 base_dir: str | os.PathLike | None = None, parallel: bool = False) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        output: str | None = None,
+        *,
+        name: str = "pipeline",
+        base_dir: str | os.PathLike | None = None,
+        parallel: bool = False,
+    ) -> None:
         self.name = name
         self.stages = list(stages)
         if not self.stages:
@@ -127,10 +135,16 @@ class Pipeline:
             raise PipelineError("a pipeline file must be a mapping with a 'stages' list")
         unknown = sorted(set(doc) - {"name", "stages", "output", "parallel", "description"})
         if unknown:
-            raise PipelineError(f"unknown pipeline key(s) {unknown}; valid: name, stages, output, parallel, description")
+            raise PipelineError(
+                f"unknown pipeline key(s) {unknown}; valid: name, stages, output, parallel, description"
+            )
         stages = [stage_from_dict(d) for d in doc["stages"]]
-        kw = dict(output=doc.get("output"), name=str(doc.get("name", "pipeline")), base_dir=base_dir,
-                  parallel=bool(doc.get("parallel", False)))
+        kw = dict(
+            output=doc.get("output"),
+            name=str(doc.get("name", "pipeline")),
+            base_dir=base_dir,
+            parallel=bool(doc.get("parallel", False)),
+        )
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(stages, **kw)
 
@@ -152,7 +166,9 @@ class Pipeline:
         try:
             doc = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise PipelineError(f"{path}: expected a pipeline YAML file, could not parse it ({str(e).splitlines()[0]})") from None
+            raise PipelineError(
+                f"{path}: expected a pipeline YAML file, could not parse it ({str(e).splitlines()[0]})"
+            ) from None
         try:
             return cls.from_dict(doc, base_dir=path.parent, **overrides)
         except PipelineError as e:
@@ -174,7 +190,9 @@ class Pipeline:
     def models(self) -> list[Model]:
         return [s for s in self.stages if isinstance(s, Model)]
 
-    def run_image(self, image: np.ndarray, name: str = "image", overrides: dict[str, Any] | None = None) -> PipelineResult:
+    def run_image(
+        self, image: np.ndarray, name: str = "image", overrides: dict[str, Any] | None = None
+    ) -> PipelineResult:
         """Every stage's value for one decoded BGR image.
 
         ``overrides`` replaces the value of named stages (the stage is not run), e.g. ground-truth boxes in
@@ -211,7 +229,9 @@ class Pipeline:
             return self.run_image(image, **kwargs)
         return self.run_image(read_image(image), Path(str(image)).name, **kwargs)
 
-    def stream(self, source: Any, vid_stride: int = 1, keep_images: bool = False) -> Iterator[tuple[Any, PipelineResult | None, UnideployError | None, np.ndarray | None]]:
+    def stream(
+        self, source: Any, vid_stride: int = 1, keep_images: bool = False
+    ) -> Iterator[tuple[Any, PipelineResult | None, UnideployError | None, np.ndarray | None]]:
         """``(item, result, error, image)`` for every item of a source, in order; unreadable items carry their error."""
         from ..sources import Source
 
@@ -226,10 +246,13 @@ class Pipeline:
 
     def describe(self) -> str:
         """The graph, one stage per line: ``name <- inputs : type``."""
-        lines = [f"pipeline {self.name!r}: {len(self.stages)} stage(s), {len(self._cache)} session(s), output '{self.output}'"]
+        head = f"pipeline {self.name!r}: {len(self.stages)} stage(s), {len(self._cache)} session(s)"
+        lines = [f"{head}, output '{self.output}'"]
         for k, level in enumerate(self.levels):
             for st in level:
-                lines.append(f"  [{k + 1}] {st.name:<14} {st.describe():<32} <- {', '.join(st.inputs)} : {self.types[st.name]}")  # type: ignore[arg-type]
+                lines.append(
+                    f"  [{k + 1}] {st.name:<14} {st.describe():<32} <- {', '.join(st.inputs)} : {self.types[st.name]}"
+                )  # type: ignore[arg-type]
         return "\n".join(lines)
 
     def timings(self) -> dict[str, float]:

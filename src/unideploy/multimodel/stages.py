@@ -26,8 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..results import Classifications, Detections
-from .values import (CLASSIFICATION, CROP_CLASSIFICATION, CROP_DETECTIONS, CROPS, DETECTIONS, IMAGE, Crops,
-                     PerCrop)
+from .values import CLASSIFICATION, CROP_CLASSIFICATION, CROP_DETECTIONS, CROPS, DETECTIONS, IMAGE, Crops, PerCrop
 
 
 class PipelineError(InputError):
@@ -66,17 +65,20 @@ class Stage:
         return self.kind
 
     def _refuse(self, in_types: list[str], accepted: str) -> PipelineError:
-        return PipelineError(f"stage '{self.name}' ({self.describe()}) takes {accepted}; its inputs "
-                             f"{self.inputs} give ({', '.join(in_types)})")
+        return PipelineError(
+            f"stage '{self.name}' ({self.describe()}) takes {accepted}; its inputs "
+            f"{self.inputs} give ({', '.join(in_types)})"
+        )
 
 
 # ------------------------------------------------------------------------------------------ models
+
 
 def resolve_model_path(model: str | os.PathLike, base_dir: Path) -> Path:
     """A model path of a pipeline file: absolute, relative to the pipeline file, or ``unideploy:<path in package>``."""
     s = str(model)
     if s.startswith("unideploy:"):
-        return Path(__file__).resolve().parents[1] / s[len("unideploy:"):]
+        return Path(__file__).resolve().parents[1] / s[len("unideploy:") :]
     p = Path(s).expanduser()
     return p if p.is_absolute() else base_dir / p
 
@@ -98,8 +100,9 @@ class Model(Stage):
 
     kind = "model"
 
-    def __init__(self, name: str, model: str | os.PathLike, inputs: str | Sequence[str] | None = None,
-                 **load_kwargs: Any) -> None:
+    def __init__(
+        self, name: str, model: str | os.PathLike, inputs: str | Sequence[str] | None = None, **load_kwargs: Any
+    ) -> None:
         super().__init__(name, inputs)
         self.model = model
         self.load_kwargs = load_kwargs
@@ -115,7 +118,9 @@ class Model(Stage):
                 cache[key] = Predictor(path, **self.load_kwargs)
             except TypeError as e:
                 valid = [p for p in inspect.signature(Predictor.__init__).parameters if p not in ("self", "model")]
-                raise PipelineError(f"stage '{self.name}': bad model option ({e}); options: {', '.join(valid)}") from None
+                raise PipelineError(
+                    f"stage '{self.name}': bad model option ({e}); options: {', '.join(valid)}"
+                ) from None
         self.predictor = cache[key]
 
     @property
@@ -143,6 +148,7 @@ class Model(Stage):
 
 # -------------------------------------------------------------------------------------------- ops
 
+
 class Crop(Stage):
     """Cut one patch per detection.
 
@@ -156,12 +162,29 @@ class Crop(Stage):
 
     kind = "crop"
 
-    def __init__(self, name: str, inputs: str | Sequence[str] | None = None, *, pad: float = 0.0, pad_px: int = 0,
-                 square: bool = False, min_size: int = 2, max_crops: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        inputs: str | Sequence[str] | None = None,
+        *,
+        pad: float = 0.0,
+        pad_px: int = 0,
+        square: bool = False,
+        min_size: int = 2,
+        max_crops: int | None = None,
+    ) -> None:
         super().__init__(name, inputs)
         if pad < 0 or pad_px < 0 or min_size < 1:
-            raise PipelineError(f"stage '{name}': pad, pad_px must be >= 0 and min_size >= 1; got {pad}, {pad_px}, {min_size}")
-        self.pad, self.pad_px, self.square, self.min_size, self.max_crops = float(pad), int(pad_px), bool(square), int(min_size), max_crops
+            raise PipelineError(
+                f"stage '{name}': pad, pad_px must be >= 0 and min_size >= 1; got {pad}, {pad_px}, {min_size}"
+            )
+        self.pad, self.pad_px, self.square, self.min_size, self.max_crops = (
+            float(pad),
+            int(pad_px),
+            bool(square),
+            int(min_size),
+            max_crops,
+        )
 
     def output_type(self, in_types: list[str]) -> str:
         if in_types == [IMAGE, DETECTIONS]:
@@ -183,7 +206,9 @@ class Crop(Stage):
             b = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
             bw = bh = side
         px, py = bw * self.pad + self.pad_px, bh * self.pad + self.pad_px
-        win = np.stack([np.floor(b[:, 0] - px), np.floor(b[:, 1] - py), np.ceil(b[:, 2] + px), np.ceil(b[:, 3] + py)], 1)
+        win = np.stack(
+            [np.floor(b[:, 0] - px), np.floor(b[:, 1] - py), np.ceil(b[:, 2] + px), np.ceil(b[:, 3] + py)], 1
+        )
         win[:, 0::2] = win[:, 0::2].clip(0, w)
         win[:, 1::2] = win[:, 1::2].clip(0, h)
         ok = ((win[:, 2] - win[:, 0]) >= self.min_size) & ((win[:, 3] - win[:, 1]) >= self.min_size)
@@ -192,8 +217,14 @@ class Crop(Stage):
     def run(self, image: np.ndarray, det: Detections) -> Crops:
         win, idx = self.windows(det, image.shape[:2])
         images = [np.ascontiguousarray(image[y1:y2, x1:x2]) for x1, y1, x2, y2 in win]
-        return Crops(images, win.astype(np.float32).reshape(-1, 4), idx.astype(np.int64),
-                     np.ones((len(images), 2), np.float32), tuple(image.shape[:2]), det)
+        return Crops(
+            images,
+            win.astype(np.float32).reshape(-1, 4),
+            idx.astype(np.int64),
+            np.ones((len(images), 2), np.float32),
+            tuple(image.shape[:2]),
+            det,
+        )
 
 
 class Resize(Stage):
@@ -206,8 +237,14 @@ class Resize(Stage):
 
     kind = "resize"
 
-    def __init__(self, name: str, inputs: str | Sequence[str] | None = None, *, size: int | Sequence[int] = 224,
-                 keep_aspect: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        inputs: str | Sequence[str] | None = None,
+        *,
+        size: int | Sequence[int] = 224,
+        keep_aspect: bool = False,
+    ) -> None:
         super().__init__(name, inputs)
         hw = [int(size)] * 2 if isinstance(size, (int, float)) else [int(v) for v in size]
         if len(hw) != 2 or min(hw) < 1:
@@ -252,8 +289,16 @@ class Filter(Stage):
 
     kind = "filter"
 
-    def __init__(self, name: str, inputs: str | Sequence[str] | None = None, *, classes: Sequence[int | str] | None = None,
-                 min_conf: float = 0.0, min_area: float = 0.0, max_det: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        inputs: str | Sequence[str] | None = None,
+        *,
+        classes: Sequence[int | str] | None = None,
+        min_conf: float = 0.0,
+        min_area: float = 0.0,
+        max_det: int | None = None,
+    ) -> None:
         super().__init__(name, inputs)
         self.classes = list(classes) if classes is not None else None
         self.min_conf, self.min_area, self.max_det = float(min_conf), float(min_area), max_det
@@ -271,8 +316,9 @@ class Filter(Stage):
             by_name = {v: k for k, v in det.names.items()}
             unknown = [c for c in self.classes if isinstance(c, str) and c not in by_name]
             if unknown:
-                raise PipelineError(f"stage '{self.name}': class name(s) {unknown} not among the model's classes "
-                                    f"{sorted(by_name)}")
+                raise PipelineError(
+                    f"stage '{self.name}': class name(s) {unknown} not among the model's classes {sorted(by_name)}"
+                )
             ids = [by_name[c] if isinstance(c, str) else int(c) for c in self.classes]
             keep &= np.isin(det.class_id, ids)
         idx = np.flatnonzero(keep)
@@ -322,9 +368,17 @@ class Merge(Stage):
     kind = "merge"
     SCORES = ("detector", "classifier", "product")
 
-    def __init__(self, name: str, inputs: str | Sequence[str] | None = None, *, score: str = "detector",
-                 min_conf: float = 0.0, keep_unmatched: bool = False, keep_parent: bool = False,
-                 nms: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        inputs: str | Sequence[str] | None = None,
+        *,
+        score: str = "detector",
+        min_conf: float = 0.0,
+        keep_unmatched: bool = False,
+        keep_parent: bool = False,
+        nms: float | None = None,
+    ) -> None:
         super().__init__(name, inputs)
         if score not in self.SCORES:
             raise PipelineError(f"stage '{name}': score must be one of {', '.join(self.SCORES)}; got {score!r}")
@@ -340,8 +394,10 @@ class Merge(Stage):
         elif len(in_types) >= 2 and all(t == DETECTIONS for t in in_types):
             self.mode = "concat"
         else:
-            raise self._refuse(in_types, "(detections, crops/classification), (detections, crops/detections) "
-                                         "or (detections, detections, ...)")
+            raise self._refuse(
+                in_types,
+                "(detections, crops/classification), (detections, crops/detections) or (detections, detections, ...)",
+            )
         return DETECTIONS
 
     def describe(self) -> str:
@@ -377,7 +433,9 @@ class Merge(Stage):
                 if c < self.min_conf:
                     continue
                 boxes.append(first.xyxy[i])
-                conf.append({"detector": first.confidence[i], "classifier": c, "product": first.confidence[i] * c}[self.score])
+                conf.append(
+                    {"detector": first.confidence[i], "classifier": c, "product": first.confidence[i] * c}[self.score]
+                )
                 cid.append(_remap(r.class_id[:1], mcls, names)[0])
             return self._finish(boxes, conf, cid, names, first.image_shape)
         if self.mode == "map_back":
@@ -396,8 +454,13 @@ class Merge(Stage):
     def _cat(self, parts, names, shape) -> Detections:
         if not parts:
             return Detections.empty(names, shape)
-        return self._finish(np.concatenate([p[0] for p in parts]).reshape(-1, 4), np.concatenate([p[1] for p in parts]),
-                            np.concatenate([p[2] for p in parts]), names, shape)
+        return self._finish(
+            np.concatenate([p[0] for p in parts]).reshape(-1, 4),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+            names,
+            shape,
+        )
 
 
 #: op name -> stage class (``op:`` in a pipeline file)

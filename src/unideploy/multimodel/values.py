@@ -103,8 +103,11 @@ class PipelineResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view of every stage value except images and crops."""
-        return {"name": self.name, "output": self.output_stage,
-                "stages": {k: to_jsonable(v) for k, v in self.values.items() if not _is_pixels(v)}}
+        return {
+            "name": self.name,
+            "output": self.output_stage,
+            "stages": {k: to_jsonable(v) for k, v in self.values.items() if not _is_pixels(v)},
+        }
 
 
 def _is_pixels(v: Any) -> bool:
@@ -118,11 +121,19 @@ def to_jsonable(v: Any) -> Any:
     if isinstance(v, Detections):
         return v.to_dicts()
     if isinstance(v, Classifications):
-        return [{"class_id": int(c), "confidence": float(p), "name": n}
-                for c, p, n in zip(v.class_id, v.confidence, v.class_names)]
+        return [
+            {"class_id": int(c), "confidence": float(p), "name": n}
+            for c, p, n in zip(v.class_id, v.confidence, v.class_names)
+        ]
     if isinstance(v, PerCrop):
-        return [{"box": [float(x) for x in v.crops.boxes[k]], "detection": int(v.crops.det_index[k]),
-                 "result": to_jsonable(r)} for k, r in enumerate(v.results)]
+        return [
+            {
+                "box": [float(x) for x in v.crops.boxes[k]],
+                "detection": int(v.crops.det_index[k]),
+                "result": to_jsonable(r),
+            }
+            for k, r in enumerate(v.results)
+        ]
     if isinstance(v, Crops):
         return {"crops": len(v)}
     if isinstance(v, np.ndarray):

@@ -103,3 +103,17 @@ def test_missing_data_is_a_clear_error(yolo_models, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and "nope.yaml" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_eval_cli_on_ray_equals_single_process(yolo_models, pseudo_labelled, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray.json"
+    proc = subprocess.run([sys.executable, "-m", "unideploy", "eval", str(yolo_models["yolov8n"]["onnx"]),
+                           "--data", str(pseudo_labelled / "data.yaml"), "--ray", "--ray-actors", "1",
+                           "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ray_report = json.loads(out.read_text())
+    local = evaluate(yolo_models["yolov8n"]["onnx"], pseudo_labelled / "data.yaml")
+    assert ray_report["ray"] is True and ray_report["images"] == local["images"]
+    assert ray_report["mAP50-95"] == pytest.approx(local["mAP50-95"], abs=1e-6)

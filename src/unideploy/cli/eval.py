@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
     p.add_argument("--save-predictions", metavar="FILE", default=None, help="write the COCO results JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="predict on Ray Data (a local instance, or the cluster at ADDRESS); needs the ray extra")
+    p.add_argument("--ray-actors", type=int, default=2, help="with --ray: predictor actors (default 2)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +46,20 @@ def run(args: argparse.Namespace) -> int:
     from ..sinks import atomic_write_json
 
     preds: list = []
+    if args.ray is not None:  # scale-out: unideploy.distributed owns this path
+        from ..distributed import evaluate as ray_evaluate, init
+
+        if args.ray_actors < 1:
+            from ..errors import InputError
+
+            raise InputError(f"--ray-actors must be a positive integer, got {args.ray_actors}")
+        init(None if args.ray == "local" else args.ray)
+        report = ray_evaluate(args.model, args.data, images=args.images, conf=args.conf, iou=args.iou,
+                              max_det=args.max_det, concurrency=args.ray_actors, **predictor_kwargs(args))
+        print(format_report(report))
+        if args.json:
+            atomic_write_json(args.json, report)
+        return 1 if report.get("skipped") else 0
     report = evaluate(args.model, args.data, images=args.images, conf=args.conf, iou=args.iou, max_det=args.max_det,
                       progress=not args.quiet, predictions_out=preds, **predictor_kwargs(args))
     print(format_report(report))

@@ -229,3 +229,16 @@ def test_bench_help_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--backend" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_backend_options_are_parsed_and_passed(probe, tmp_path):
+    from unideploy.cli.bench import parse_options
+
+    assert parse_options(["spin=false", "hint=throughput", "threads=2", "x=on"]) == {
+        "spin": False, "hint": "throughput", "threads": 2, "x": True}
+    with pytest.raises(InputError, match="--option expects KEY=VALUE"):
+        parse_options(["spin"])
+    out = tmp_path / "o.json"
+    proc = cli(probe["model"], "-O", "spin=false", "--loop", 2, "--warmup", 0, "--no-startup", "--json", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["runs"][0]["batches"][0]["pure"]["cpu_ms_per_image"] > 0

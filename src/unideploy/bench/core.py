@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import InputError, UnideployError
-from .discover import Variant, find_variants, precision_of
+from .discover import FORMATS, Variant, find_variants, precision_of
 from .report import library_versions, machine_info
 from .runners import MODES, end_to_end, input_batch, pure_inference, startup
 
@@ -70,7 +70,7 @@ def _variants(model: str | Path, backend: str | None) -> list[Variant]:
     path = _resolve_model_path(model)
     name = backend or backend_for_path(path)
     get_backend(name)  # unknown names fail here with the valid choices
-    fmt = {".onnx": "onnx", ".xml": "openvino-ir"}.get(path.suffix.lower(), path.suffix.lstrip("."))
+    fmt = FORMATS.get(path.suffix.lower(), path.suffix.lstrip("."))
     return [Variant(path, name, precision_of(path), fmt)]
 
 
@@ -80,6 +80,7 @@ def _options(backend: str, device: str | None, threads: int | None, extra: dict[
         opts["threads"] = threads
     if backend == "onnxruntime" and device and device.lower().startswith(("cuda", "tensorrt", "trt")):
         opts["io_binding"] = True  # split h2d / compute / d2h
+    opts.update((extra or {}).get("*", {}))
     opts.update((extra or {}).get(backend, {}))
     return opts
 
@@ -119,7 +120,8 @@ def benchmark(
         measure_startup: run the start-up measurement (two fresh subprocesses per variant).
         measure_map: compute mAP when ``data`` is labelled.
         threads: runtime threads.
-        backend_options: extra ``Backend.open`` options per backend name, e.g. {"onnxruntime": {"spin": False}}.
+        backend_options: extra ``Backend.open`` options per backend name ("*": for every backend), e.g.
+            {"onnxruntime": {"spin": False}, "openvino": {"hint": "throughput"}}.
         log: called with a line of progress (e.g. ``print``).
 
     Raises:

@@ -1,8 +1,9 @@
 """Find the deployable variants of a model that sit beside it, and the backends that can run each.
 
 ``model.onnx`` -> ``model.onnx``, ``model_int8.onnx``, ``model_fp16.onnx``, ``model_openvino_model/``,
-``model_int8_openvino_model/``, ``model*.xml`` in the same folder (matched by file name: the stem with a
-precision suffix removed is the common prefix). Precision comes from the name (int8 / fp16 / half / bf16 /
+``model_int8_openvino_model/``, ``model*.xml`` in the same folder, and any other file a given backend opens
+(``model.pt`` for torch, ``model.engine`` for TensorRT ...), matched by file name: the stem with a
+precision token removed must equal the model's. Precision comes from the name (int8 / fp16 / half / bf16 /
 fp32) or, failing that, from the file (QuantizeLinear / FakeQuantize nodes -> int8; f16 constants -> fp16).
 
 Example:
@@ -23,6 +24,8 @@ _PRECISION_RE = re.compile(r"(?:^|[_\-.])(int8|i8|uint8|q8|quant(?:ized)?|fp16|h
 _PRECISION_NAMES = {"i8": "int8", "uint8": "int8", "q8": "int8", "quant": "int8", "quantized": "int8",
                     "half": "fp16", "f16": "fp16", "f32": "fp32"}
 OV_DIR_SUFFIX = "_openvino_model"
+FORMATS = {".onnx": "onnx", ".xml": "openvino-ir", ".pt": "pytorch", ".pth": "pytorch", ".torchscript": "torchscript",
+           ".engine": "tensorrt", ".plan": "tensorrt", ".om": "ascend-om", ".rknn": "rknn"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def precision_of(path: Path) -> str:
     return "fp32"
 
 
-def _candidates(model: Path) -> list[Path]:
+def _candidates(model: Path, suffixes: set[str]) -> list[Path]:
     anchor = model.parent if model.parent.name.endswith(OV_DIR_SUFFIX) else model
     folder = anchor.parent
     stem = base_stem(anchor.stem if anchor.is_file() else anchor.name)
@@ -101,7 +104,7 @@ def _candidates(model: Path) -> list[Path]:
     for p in sorted(folder.iterdir()):
         if not base_stem(p.stem if p.is_file() else p.name) == stem:
             continue
-        if p.is_file() and p.suffix.lower() in (".onnx", ".xml"):
+        if p.is_file() and p.suffix.lower() in suffixes:
             found.append(p)
         elif p.is_dir() and p.name.endswith(OV_DIR_SUFFIX):
             found.extend(sorted(p.glob("*.xml")))
@@ -129,12 +132,13 @@ def find_variants(model: str | Path, backends: list[str] | None = None) -> list[
             raise ModelError(f"{model}: expected a model file or a folder with an OpenVINO .xml, found none")
         model = xmls[0]
     names = backends if backends is not None else list_backends(available_only=True)
-    paths = _candidates(model) or [model]
+    suffixes = {sfx.lower() for name in names for sfx in get_backend(name).suffixes}
+    paths = _candidates(model, suffixes) or [model]
     if model.resolve() not in [p.resolve() for p in paths]:
         paths.insert(0, model)
     out: list[Variant] = []
     for p in paths:
-        fmt = {".onnx": "onnx", ".xml": "openvino-ir"}.get(p.suffix.lower(), p.suffix.lstrip("."))
+        fmt = FORMATS.get(p.suffix.lower(), p.suffix.lstrip("."))
         for name in names:
             if p.suffix.lower() in get_backend(name).suffixes:
                 out.append(Variant(p, name, precision_of(p), fmt))

@@ -110,7 +110,8 @@ def render(report: dict[str, Any]) -> str:
             lat = pure["latency_ms"]
             main_rows.append(who + [run["file"], _f(run["size_mb"]), b["batch"], f"{pure['mode']}x{pure['requests']}",
                                     _f(run.get("map50_95"), 3), _f(lat["median_ms"], 2), _f(lat["p99_ms"], 2),
-                                    _f(pure["throughput"]), _f(e2e and e2e["images_per_s"]), _f(b.get("ratio"), 2)])
+                                    _f(pure["throughput"]), _f(e2e and e2e["images_per_s"]), _f(b.get("ratio"), 2),
+                                    f"{_f(pure.get('cpu_ms_per_image')) or '-'} / {_f(e2e and e2e.get('cpu_ms_per_image')) or '-'}"])
             sp = pure["split"]
             if isinstance(sp, dict):
                 split_rows.append(who[:2] + [b["batch"]] + [_f(sp[k] and sp[k]["mean"], 3) for k in ("h2d", "compute", "d2h")])
@@ -131,7 +132,10 @@ def render(report: dict[str, Any]) -> str:
                f"{m.get('ram_gb')} GB RAM, load average {m.get('load_average')}")
     out.append("")
     out.append(format_table(["backend", "device", "precision", "format", "file", "MB", "batch", "mode", "mAP50-95",
-                             "median ms", "p99 ms", "FPS", "e2e FPS", "e2e/pure"], main_rows))
+                             "median ms", "p99 ms", "FPS", "e2e FPS", "e2e/pure", "CPU ms/img pure / e2e"], main_rows))
+    if main_rows:
+        out.append("FPS = batch x runs / wall; e2e = Predictor.stream over --data; CPU ms/img = this process's CPU "
+                   "time (all threads) per image, which other load on the machine does not inflate")
     if split_rows:
         out += ["", "pure inference split, mean ms per run (host->device, compute, device->host):",
                 format_table(["backend", "device", "batch", "h2d", "compute", "d2h"], split_rows)]

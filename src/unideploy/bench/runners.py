@@ -53,6 +53,8 @@ class PureResult:
     wall_s: float
     latencies: list[float]
     split: dict[str, list[float]] | None = None
+    #: CPU seconds this process used (all threads) during the timed runs: robust to other load on the machine
+    cpu_s: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -68,7 +70,8 @@ class PureResult:
         if self.split:
             split = {k: mean_p99_ms(v) for k, v in self.split.items()}
         return {"batch": self.batch, "mode": self.mode, "requests": self.requests, "runs": self.runs,
-                "wall_s": self.wall_s, "throughput": self.throughput, "latency_ms": self.stats.to_dict(), "split": split}
+                "wall_s": self.wall_s, "throughput": self.throughput, "latency_ms": self.stats.to_dict(), "split": split,
+                "cpu_s": self.cpu_s, "cpu_ms_per_image": _per_image_ms(self.cpu_s, self.batch * self.runs)}
 
 
 @dataclass
@@ -82,6 +85,7 @@ class E2EResult:
     requests: int
     stages: dict[str, list[float]] = field(default_factory=dict)
     pipelined: bool = True
+    cpu_s: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -90,7 +94,12 @@ class E2EResult:
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, "failed": self.failed, "wall_s": self.wall_s, "batch": self.batch,
                 "requests": self.requests, "pipelined": self.pipelined, "images_per_s": self.images_per_s,
+                "cpu_s": self.cpu_s, "cpu_ms_per_image": _per_image_ms(self.cpu_s, self.images),
                 "stages_ms": {STAGE_LABELS[k]: mean_p99_ms(self.stages.get(k, [])) for k in STAGES}}
+
+
+def _per_image_ms(cpu_s: float | None, n: int) -> float | None:
+    return None if cpu_s is None or not n else cpu_s / n * 1e3
 
 
 def input_batch(predictor: Any, batch: int, image: np.ndarray | None = None) -> np.ndarray:
@@ -143,6 +152,7 @@ def pure_inference(session: Any, x: np.ndarray, *, warmup: int = 10, loop: int |
         lat: list[float] = []
         split: dict[str, list[float]] = {"h2d": [], "compute": [], "d2h": []}
         separable = True
+        c_start = time.process_time()
         t_start = time.perf_counter()
         while not _done(len(lat), loop, t_start, duration):
             t0 = time.perf_counter()
@@ -156,20 +166,23 @@ def pure_inference(session: Any, x: np.ndarray, *, warmup: int = 10, loop: int |
             else:
                 separable = False
         wall = time.perf_counter() - t_start
-        return PureResult(batch, "sync", 1, len(lat), wall, lat, split if separable and split["compute"] else None)
+        cpu = time.process_time() - c_start
+        return PureResult(batch, "sync", 1, len(lat), wall, lat, split if separable and split["compute"] else None, cpu)
     with session.async_runner(requests) as runner:
         n_req = runner.requests
         for f in [runner.submit(feeds) for _ in range(max(0, warmup))]:
             f.result()
         futures = []
+        c_start = time.process_time()
         t_start = time.perf_counter()
         while not _done(len(futures), loop, t_start, duration):
             futures.append(runner.submit(feeds))
         for f in futures:
             f.result()
         wall = time.perf_counter() - t_start
+        cpu = time.process_time() - c_start
     lat = [f.finished - f.started for f in futures]
-    return PureResult(batch, "async", n_req, len(futures), wall, lat, None)
+    return PureResult(batch, "async", n_req, len(futures), wall, lat, None, cpu)
 
 
 def _reset_times(predictor: Any) -> None:
@@ -197,6 +210,7 @@ def end_to_end(predictor: Any, source: Any, *, requests: int | None = None, warm
             pass
     _reset_times(predictor)
     ok = failed = 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for out in predictor.stream(src, requests=requests):
         if out.ok:
@@ -204,7 +218,8 @@ def end_to_end(predictor: Any, source: Any, *, requests: int | None = None, warm
         else:
             failed += 1
     wall = time.perf_counter() - t0
-    return E2EResult(ok, failed, wall, predictor.batch, int(requests or predictor.requests), _stage_lists(predictor), True)
+    return E2EResult(ok, failed, wall, predictor.batch, int(requests or predictor.requests), _stage_lists(predictor), True,
+                     time.process_time() - c0)
 
 
 def end_to_end_serial(predictor: Any, source: Any, *, warmup_items: int = 4, vid_stride: int = 1) -> E2EResult:
@@ -237,10 +252,11 @@ def end_to_end_serial(predictor: Any, source: Any, *, warmup_items: int = 4, vid
     if warmup_items and src.video is None and src.entries:
         run(Source(src.entries[:warmup_items]))
     _reset_times(predictor)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     ok, failed = run(src)
     wall = time.perf_counter() - t0
-    return E2EResult(ok, failed, wall, predictor.batch, 1, _stage_lists(predictor), False)
+    return E2EResult(ok, failed, wall, predictor.batch, 1, _stage_lists(predictor), False, time.process_time() - c0)
 
 
 def _serial_chunk(predictor: Any, images: list[np.ndarray]) -> list[Any]:

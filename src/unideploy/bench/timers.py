@@ -80,7 +80,18 @@ def rss_mb() -> float | None:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far, in MiB (``resource.getrusage``; None on Windows)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status (``ru_maxrss`` is preserved across exec, so a subprocess could
+    report its parent's peak); elsewhere ``resource.getrusage``; None on Windows.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):  # the high-water mark is updated lazily: never below now
+                    return max(int(line.split()[1]) / 1024, rss_mb() or 0.0)
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:

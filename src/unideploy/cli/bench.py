@@ -16,6 +16,28 @@ def _batches(text: str) -> list[int]:
     return out
 
 
+def parse_options(items: list[str]) -> dict:
+    """["spin=false", "hint=throughput", "threads=2"] -> {"spin": False, "hint": "throughput", "threads": 2}."""
+    from ..errors import InputError
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option expects KEY=VALUE, e.g. spin=false or hint=throughput; got {item!r}")
+        low = value.strip().lower()
+        if low in ("true", "on", "yes"):
+            out[key.strip()] = True
+        elif low in ("false", "off", "no"):
+            out[key.strip()] = False
+        else:
+            try:
+                out[key.strip()] = int(value)
+            except ValueError:
+                out[key.strip()] = value.strip()
+    return out
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="benchmark a model: latency, throughput, end-to-end FPS, start-up, memory",
@@ -38,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, metavar="SOURCE",
                    help="images for the end-to-end run: folder, glob, video, or data.yaml / COCO json (adds mAP)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's choice)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option passed to Backend.open, repeatable, e.g. -O spin=false (ONNX Runtime "
+                        "busy-waiting) or -O hint=throughput (OpenVINO); options a backend does not use are ignored")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up measurement (2 subprocesses per model)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the full report as JSON")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a PNG plot (needs matplotlib: unideploy[plot])")
@@ -63,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
         require_matplotlib()  # fail before the measurements, not after
     duration = parse_duration(args.time) if args.time else None
+    options = parse_options(args.option)
     report = benchmark(
         args.model, backend=args.backend, device=args.device, batches=args.batch, warmup=args.warmup,
         loop=None if duration else args.loop, duration=duration, mode=args.mode, requests=args.requests,
         data=args.data, measure_startup=not args.no_startup, threads=args.threads,
+        backend_options={"*": options} if options else None,
         log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
     )
     print(render(report))

@@ -165,6 +165,18 @@ def test_layout_override_and_agnostic(yolox_files, image_dir):
         assert_same_detections(det, b, s, c, where=f.name)
 
 
+def test_openvino_backend(yolox_files, image_dir):
+    """The adapter is the same whatever runs the graph: OpenVINO (f32) gives ONNX Runtime's detections."""
+    pytest.importorskip("openvino")
+    files = sorted(image_dir.iterdir())[:10]
+    with unideploy.load(yolox_files[False], conf=0.8, iou=0.45) as ort_pred:
+        ref = ort_pred(files)
+    with unideploy.load(yolox_files[False], backend="openvino", precision="f32", conf=0.8, iou=0.45) as ov:
+        assert ov.adapter.name == "yolox"
+        for f, det, r in zip(files, ov(files), ref):
+            assert_same_detections(det, r.xyxy, r.confidence, r.class_id, where=f.name)
+
+
 def test_cli_predict_family(yolox_files, image_dir, tmp_path):
     from unideploy.cli.main import main
 

@@ -86,6 +86,8 @@ def main() -> int:
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--ort-spin", choices=("on", "off", "default"), default="off",
                     help="ONNX Runtime intra-op spinning (default off: busy-waiting threads starve the pipeline)")
+    ap.add_argument("--ov-hint", choices=("latency", "throughput"), default="latency",
+                    help="OpenVINO performance hint (default latency, the backend's default)")
     ap.add_argument("--work", default=str(REPO / "out" / "bench_pipeline"), help="where built models/images go")
     ap.add_argument("--json", default=None, help="write the results as JSON (default: <work>/pipeline.json)")
     args = ap.parse_args()
@@ -113,6 +115,8 @@ def main() -> int:
         opts = {}
         if b == "onnxruntime" and args.ort_spin != "default":
             opts["spin"] = args.ort_spin == "on"
+        if b == "openvino":
+            opts["hint"] = args.ov_hint
         preds[b] = unideploy.load(models[b], backend=b, batch=args.batch if args.batch > 1 else None, **opts)
         inputs[b] = input_batch(preds[b], args.batch, sample)
     rounds: dict[str, dict[int, list[dict]]] = {b: {r: [] for r in reqs} for b in backends}
@@ -155,7 +159,7 @@ def main() -> int:
 
     print(f"\nmodel {onnx_path.name} ({'built, random weights' if not args.model else 'given'}), batch {args.batch}, "
           f"{len(source)} images {sample.shape[1]}x{sample.shape[0]}, {args.repeats} repeats (medians), "
-          f"ORT spin {args.ort_spin}")
+          f"ORT spin {args.ort_spin}, OpenVINO hint {args.ov_hint}")
     print(f"machine: {machine_before['cpu']}, {machine_before['logical_cores']} cores, load average "
           f"{machine_before['load_average']} before / {machine_after['load_average']} after")
     print(format_table(["backend", "in flight", "pure img/s", "pipeline img/s", "serial img/s", "pipeline/pure (min-max)",

@@ -23,7 +23,7 @@ def build_probe_model(folder: Path, *, batch: int | None = None, name: str = "pr
     import onnx
     from onnx import TensorProto, helper
 
-    n = batch if batch else "N"
+    n = batch or "N"
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [n, 3, 32, 32])
     y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [n, 5, 1])
     box = helper.make_tensor("box", TensorProto.FLOAT, [1, 4, 1], [16.0, 16.0, 16.0, 16.0])

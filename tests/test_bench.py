@@ -7,15 +7,14 @@ numbers are checked for presence, type and internal consistency, never for speed
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-
 from bench_helpers import build_probe_model, probe_coco, probe_images
 from conftest import has_module
+
 from unideploy.bench.discover import base_stem, find_variants, precision_of
 from unideploy.bench.report import format_table, library_versions, machine_info
 from unideploy.bench.stats import LatencyStats, mean_p99_ms, percentile
@@ -102,7 +101,7 @@ def test_variants_found_by_name(tmp_path):
     # the same set is found from the OpenVINO folder
     same = find_variants(tmp_path / "det_openvino_model", ["onnxruntime", "openvino"])
     assert {(v.path.relative_to(tmp_path).as_posix(), v.backend) for v in same} == {(a, b) for a, b, _ in got}
-    ir = [v for v in same if v.path.parent.name == "det_openvino_model"][0]
+    ir = next(v for v in same if v.path.parent.name == "det_openvino_model")
     assert ir.size_mb == pytest.approx((ir.path.stat().st_size + 1000) / 2**20)
     assert base_stem("yolov8n_int8_openvino_model") == "yolov8n"
     assert precision_of(tmp_path / "det.onnx") == "fp32"

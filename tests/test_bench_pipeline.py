@@ -6,18 +6,18 @@ No timed assertions: delays only shuffle the order in which workers finish.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
-
-import unideploy
 from bench_helpers import build_probe_model, probe_images
 from conftest import has_module
+
+import unideploy
 from unideploy.errors import BackendError, ImageDecodeError, InputError
 from unideploy.sources import Item, Source
 
@@ -212,7 +212,7 @@ def test_async_runner_delivers_runtime_errors_through_the_future(probe):
     from unideploy.backends.base import AsyncRunner
 
     class Failing:
-        inputs = []
+        inputs: ClassVar[list] = []
 
         def check_feeds(self, feeds):
             return feeds

@@ -13,6 +13,20 @@ from .report import format_table, library_versions, machine_info, render
 from .runners import E2EResult, PureResult, end_to_end, end_to_end_serial, input_batch, pure_inference, startup
 from .stats import LatencyStats, mean_p99_ms, percentile
 
-__all__ = ["benchmark", "render", "format_table", "machine_info", "library_versions", "pure_inference", "end_to_end",
-           "end_to_end_serial", "input_batch", "startup", "PureResult", "E2EResult", "LatencyStats", "percentile",
-           "mean_p99_ms"]
+__all__ = [
+           "E2EResult",
+           "LatencyStats",
+           "PureResult",
+           "benchmark",
+           "end_to_end",
+           "end_to_end_serial",
+           "format_table",
+           "input_batch",
+           "library_versions",
+           "machine_info",
+           "mean_p99_ms",
+           "percentile",
+           "pure_inference",
+           "render",
+           "startup",
+]

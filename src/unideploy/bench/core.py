@@ -9,8 +9,9 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import InputError, UnideployError
 from .discover import FORMATS, Variant, find_variants, precision_of

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 
-_PRECISION_RE = re.compile(r"(?:^|[_\-.])(int8|i8|uint8|q8|quant(?:ized)?|fp16|half|f16|bf16|fp32|f32)(?=$|[_\-.])", re.I)
+_PRECISION_RE = re.compile(r"(?:^|[_\-.])(int8|i8|uint8|q8|quant(?:ized)?|fp16|half|f16|bf16|fp32|f32)(?=$|[_\-.])", re.IGNORECASE)
 _PRECISION_NAMES = {"i8": "int8", "uint8": "int8", "q8": "int8", "quant": "int8", "quantized": "int8",
                     "half": "fp16", "f16": "fp16", "f32": "fp32"}
 OV_DIR_SUFFIX = "_openvino_model"
@@ -30,7 +30,13 @@ FORMATS = {".onnx": "onnx", ".xml": "openvino-ir", ".pt": "pytorch", ".pth": "py
 
 @dataclass(frozen=True)
 class Variant:
-    """One model file and one backend to run it with."""
+    """One model file and one backend to run it with.
+
+    Example:
+        >>> v = Variant(Path("m_int8.onnx"), "onnxruntime", "int8", "onnx")
+        >>> v.label
+        'm_int8.onnx [onnxruntime]'
+    """
 
     path: Path
     backend: str
@@ -47,7 +53,12 @@ class Variant:
 
 
 def model_size_bytes(path: Path) -> int:
-    """Bytes on disk: the file, plus the weights ``.bin`` of an OpenVINO ``.xml``, plus ONNX external data."""
+    """Bytes on disk: the file, plus the weights ``.bin`` of an OpenVINO ``.xml``, plus ONNX external data.
+
+    Example:
+        >>> model_size_bytes(Path("m_openvino_model/m.xml"))  # .xml + .bin  # doctest: +SKIP
+        12861046
+    """
     path = Path(path)
     total = path.stat().st_size
     if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
@@ -66,13 +77,17 @@ def base_stem(name: str) -> str:
         >>> base_stem("yolov8n_int8_openvino_model"), base_stem("yolov8n-fp16"), base_stem("yolov8n")
         ('yolov8n', 'yolov8n', 'yolov8n')
     """
-    if name.endswith(OV_DIR_SUFFIX):
-        name = name[: -len(OV_DIR_SUFFIX)]
+    name = name.removesuffix(OV_DIR_SUFFIX)
     return _PRECISION_RE.sub("", name) or name
 
 
 def precision_of(path: Path) -> str:
-    """"int8", "fp16", "bf16" or "fp32" from the file name, else from a cheap look at the file."""
+    """"int8", "fp16", "bf16" or "fp32" from the file name, else from a cheap look at the file.
+
+    Example:
+        >>> precision_of(Path("yolov8n_int8.onnx")), precision_of(Path("det-half.onnx"))
+        ('int8', 'fp16')
+    """
     names = [path.stem] + ([path.parent.name] if path.parent.name.endswith(OV_DIR_SUFFIX) else [])
     for name in names:
         m = _PRECISION_RE.search(name)
@@ -102,7 +117,7 @@ def _candidates(model: Path, suffixes: set[str]) -> list[Path]:
     stem = base_stem(anchor.stem if anchor.is_file() else anchor.name)
     found: list[Path] = []
     for p in sorted(folder.iterdir()):
-        if not base_stem(p.stem if p.is_file() else p.name) == stem:
+        if base_stem(p.stem if p.is_file() else p.name) != stem:
             continue
         if p.is_file() and p.suffix.lower() in suffixes:
             found.append(p)
@@ -120,6 +135,10 @@ def find_variants(model: str | Path, backends: list[str] | None = None) -> list[
 
     Raises:
         ModelError: the model path does not exist.
+
+    Example:
+        >>> [v.label for v in find_variants("yolov8n.onnx")]  # doctest: +SKIP
+        ['yolov8n.onnx [onnxruntime]', 'yolov8n.onnx [openvino]', 'yolov8n.xml [openvino]']
     """
     from ..backends.registry import get_backend, list_backends
 

@@ -19,7 +19,11 @@ STAGE_KEYS = ("read+decode", "preprocess", "inference", "postprocess")
 
 
 def require_matplotlib() -> Any:
-    """Import matplotlib with the Agg backend, or raise naming the extra to install."""
+    """Import matplotlib with the Agg backend, or raise naming the extra to install.
+
+    Example:
+        >>> plt = require_matplotlib()  # doctest: +SKIP
+    """
     try:
         import matplotlib
 
@@ -33,7 +37,11 @@ def require_matplotlib() -> Any:
 
 def save_plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a PNG: left, latency distributions (box plots, ms) per run; right, end-to-end ms per image
-    by stage (stacked) next to the measured wall time per image."""
+    by stage (stacked) next to the measured wall time per image.
+
+    Example:
+        >>> save_plot(benchmark("m.onnx", data="images/"), "bench.png")  # doctest: +SKIP
+    """
     plt = require_matplotlib()
     from ..sinks import atomic_write_bytes
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Any, Sequence
+from typing import Any
 
 #: distributions whose versions go into every report (the first installed name of each group)
 LIBRARIES = (("unideploy",), ("numpy",), ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
@@ -22,7 +23,12 @@ LIBRARIES = (("unideploy",), ("numpy",), ("opencv-python-headless", "opencv-pyth
 
 
 def cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo, else platform.processor())."""
+    """The CPU's marketing name (Linux /proc/cpuinfo, else platform.processor()).
+
+    Example:
+        >>> isinstance(cpu_model(), str)
+        True
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -66,7 +72,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries that matter for the numbers (None: not installed)."""
+    """Installed versions of the libraries that matter for the numbers (None: not installed).
+
+    Example:
+        >>> "numpy" in library_versions()
+        True
+    """
     out: dict[str, str | None] = {}
     for names in LIBRARIES:
         out[names[0]] = None
@@ -95,7 +106,11 @@ def _f(v: float | None, digits: int = 1) -> str | None:
 
 def render(report: dict[str, Any]) -> str:
     """The human-readable summary of a :func:`unideploy.bench.benchmark` report: comparison table,
-    latency split, end-to-end stage breakdown and start-up."""
+    latency split, end-to-end stage breakdown and start-up.
+
+    Example:
+        >>> print(render(benchmark("m.onnx", loop=20)))  # doctest: +SKIP
+    """
     main_rows, split_rows, stage_rows, start_rows, errors = [], [], [], [], []
     for run in report["runs"]:
         who = [run["backend"], run["device"], run["precision"], run["format"]]

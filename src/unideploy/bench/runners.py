@@ -44,6 +44,11 @@ class PureResult:
     ``latencies`` are seconds per run (in async mode: from the start of the run to its completion, with
     other runs in flight); ``split`` holds per-run h2d / compute / d2h seconds, or None when the backend
     cannot separate them.
+
+    Example:
+        >>> r = PureResult(batch=2, mode="sync", requests=1, runs=10, wall_s=0.5, latencies=[0.05] * 10)
+        >>> r.throughput, r.stats.median_ms
+        (40.0, 50.0)
     """
 
     batch: int
@@ -76,7 +81,12 @@ class PureResult:
 
 @dataclass
 class E2EResult:
-    """One pass of ``Predictor.stream`` over a source: images/s and per-image stage seconds."""
+    """One pass of ``Predictor.stream`` over a source: images/s and per-image stage seconds.
+
+    Example:
+        >>> E2EResult(images=30, failed=0, wall_s=1.5, batch=1, requests=2).images_per_s
+        20.0
+    """
 
     images: int
     failed: int
@@ -107,6 +117,9 @@ def input_batch(predictor: Any, batch: int, image: np.ndarray | None = None) -> 
 
     Raises:
         InputError: ``batch`` does not fit a fixed-batch model.
+
+    Example:
+        >>> x = input_batch(predictor, 4)  # (4, 3, H, W) float32  # doctest: +SKIP
     """
     fixed = predictor.fixed_batch
     if fixed and batch != fixed:
@@ -139,6 +152,10 @@ def pure_inference(session: Any, x: np.ndarray, *, warmup: int = 10, loop: int |
 
     Raises:
         InputError: unknown mode, or neither a positive loop nor a duration.
+
+    Example:
+        >>> r = pure_inference(predictor.session, input_batch(predictor, 1), mode="async", requests=2)  # doctest: +SKIP
+        >>> r.throughput, r.stats.p99_ms  # doctest: +SKIP
     """
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -201,6 +218,9 @@ def end_to_end(predictor: Any, source: Any, *, requests: int | None = None, warm
 
     Returns images/s (successful images / wall time) and per-image stage seconds: read+decode and
     preprocess (worker threads), inference (per batch, divided by its size), postprocess.
+
+    Example:
+        >>> end_to_end(predictor, "images/", requests=2).images_per_s  # doctest: +SKIP
     """
     from ..sources import Source
 
@@ -224,7 +244,11 @@ def end_to_end(predictor: Any, source: Any, *, requests: int | None = None, warm
 
 def end_to_end_serial(predictor: Any, source: Any, *, warmup_items: int = 4, vid_stride: int = 1) -> E2EResult:
     """The same pass without overlap: decode, preprocess, infer and postprocess one batch at a time in
-    the calling thread (the baseline the pipelined predictor is measured against)."""
+    the calling thread (the baseline the pipelined predictor is measured against).
+
+    Example:
+        >>> end_to_end_serial(predictor, "images/").images_per_s  # doctest: +SKIP
+    """
     from ..errors import UnideployError
     from ..sources import Source
 
@@ -284,6 +308,9 @@ def startup(model: str | os.PathLike, backend: str, device: str | None = None, o
 
     Raises:
         BackendError: the subprocess failed (its last error line is in the message).
+
+    Example:
+        >>> startup("m.onnx", "openvino")["cached"]["load_s"]  # doctest: +SKIP
     """
     opts = dict(options or {})
     cache_dir = tempfile.mkdtemp(prefix="unideploy_bench_cache_")

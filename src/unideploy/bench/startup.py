@@ -19,6 +19,7 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Load the model once in this process and print the start-up JSON line (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m unideploy.bench.startup")
     p.add_argument("model")
     p.add_argument("--backend", required=True)

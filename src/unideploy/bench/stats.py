@@ -11,8 +11,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 
 def percentile(values: Sequence[float] | Iterable[float], q: float) -> float:

@@ -51,6 +51,10 @@ def parse_duration(text: str | float | int) -> float:
 
     Raises:
         InputError: not a positive duration (the message shows the accepted forms).
+
+    Example:
+        >>> parse_duration("10s"), parse_duration("500ms")
+        (10.0, 0.5)
     """
     if isinstance(text, (int, float)):
         value = float(text)
@@ -65,7 +69,12 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def rss_mb() -> float | None:
-    """Current resident set size of this process in MiB (psutil, else /proc; None where neither works)."""
+    """Current resident set size of this process in MiB (psutil, else /proc; None where neither works).
+
+    Example:
+        >>> (rss_mb() or 1) > 0
+        True
+    """
     try:
         import psutil
 
@@ -84,6 +93,10 @@ def peak_rss_mb() -> float | None:
 
     Linux: ``VmHWM`` of /proc/self/status (``ru_maxrss`` is preserved across exec, so a subprocess could
     report its parent's peak); elsewhere ``resource.getrusage``; None on Windows.
+
+    Example:
+        >>> (peak_rss_mb() or 1) >= (rss_mb() or 0) * 0.5
+        True
     """
     try:
         with open("/proc/self/status") as f:

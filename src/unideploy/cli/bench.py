@@ -17,7 +17,12 @@ def _batches(text: str) -> list[int]:
 
 
 def parse_options(items: list[str]) -> dict:
-    """["spin=false", "hint=throughput", "threads=2"] -> {"spin": False, "hint": "throughput", "threads": 2}."""
+    """["spin=false", "hint=throughput", "threads=2"] -> {"spin": False, "hint": "throughput", "threads": 2}.
+
+    Example:
+        >>> parse_options(["spin=false", "threads=2"])
+        {'spin': False, 'threads': 2}
+    """
     from ..errors import InputError
 
     out: dict = {}
@@ -39,6 +44,7 @@ def parse_options(items: list[str]) -> dict:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``unideploy bench`` (imports nothing heavy: ``--help`` stays fast)."""
     p = sub.add_parser(
         "bench", help="benchmark a model: latency, throughput, end-to-end FPS, start-up, memory",
         description="Pure inference on a resident preprocessed tensor (latency min/mean/median/p90/p99, "
@@ -71,6 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Validate the flags, call :func:`unideploy.bench.benchmark`, print the tables, write JSON / PNG."""
     from ..bench import benchmark, render
     from ..bench.timers import parse_duration
     from ..errors import InputError

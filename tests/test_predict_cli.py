@@ -186,3 +186,20 @@ def test_single_path_and_list_agree(onnx_model, image_dir):
     for a, b, c in zip(one, many, streamed):
         np.testing.assert_array_equal(a.xyxy, b.xyxy)
         np.testing.assert_array_equal(a.xyxy, c.xyxy)
+
+
+def test_classifier_predict_writes_all_sinks(image_dir, tmp_path):
+    model = Path(__file__).resolve().parents[1] / "examples" / "shapes_crop_cls.onnx"
+    if not model.exists():
+        pytest.skip("example classifier not shipped")
+    proc = run_cli("predict", model, image_dir, "--save-json", tmp_path / "c.json", "--save-txt", tmp_path / "txt",
+                   "--save-img", tmp_path / "img")
+    assert proc.returncode == 0, proc.stderr
+    assert "classified" in proc.stderr
+    records = json.loads((tmp_path / "c.json").read_text())
+    files = sorted(image_dir.iterdir())
+    with unideploy.load(model) as p:
+        first = p(files[0])
+    top = [r for r in records if r["image_id"] == 1]
+    assert top[0]["class_id"] == first.top1 and top[0]["score"] == pytest.approx(float(first.confidence[0]), abs=1e-5)
+    assert len(list((tmp_path / "txt").glob("*.txt"))) == len(files) == len(list((tmp_path / "img").iterdir()))

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .results import Detections
+from .results import Classifications, Detections
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -55,6 +55,23 @@ def coco_records(det: Detections, image_id: int, file_name: str) -> list[dict]:
         }
         for box, s, c in zip(det.xywh, det.confidence, det.class_id)
     ]
+
+
+def classification_records(res: Classifications, image_id: int, file_name: str) -> list[dict]:
+    """Top-k records of one classified image, best first."""
+    return [{"image_id": image_id, "file_name": file_name, "class_id": int(c), "name": n, "score": round(float(p), 5)}
+            for c, p, n in zip(res.class_id, res.confidence, res.class_names)]
+
+
+def draw_classification(img: np.ndarray, res: Classifications, k: int = 3) -> np.ndarray:
+    """A copy of ``img`` with the top-``k`` classes written in the top-left corner."""
+    out = img.copy()
+    fs = max(0.4, min(out.shape[:2]) / 600)
+    for i, (p, n) in enumerate(zip(res.confidence[:k], res.class_names[:k])):
+        y = int((i + 1) * 28 * fs) + 4
+        cv2.putText(out, f"{n} {p:.2f}", (6, y), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, f"{n} {p:.2f}", (6, y), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
 
 
 def yolo_txt(det: Detections, with_conf: bool = True) -> str:
@@ -118,16 +135,22 @@ class Sinks:
     def wants_image(self) -> bool:
         return self.img_dir is not None
 
-    def add(self, name: str, index: int, det: Detections, image: np.ndarray | None = None) -> None:
+    def add(self, name: str, index: int, det: Detections | Classifications, image: np.ndarray | None = None) -> None:
+        """Record one image's result. Classifications go to JSON as top-k records
+        (``{"image_id", "file_name", "class_id", "name", "score"}``), to txt as ``class score`` lines, and are
+        drawn as a label."""
         stem = Path(name.replace("#", "_")).stem
+        cls = isinstance(det, Classifications)
         if self.json_path is not None:
-            self.records.extend(coco_records(det, index + 1, name))
+            self.records.extend(classification_records(det, index + 1, name) if cls else coco_records(det, index + 1, name))
         if self.txt_dir is not None:
-            atomic_write_text(self.txt_dir / f"{stem}.txt", yolo_txt(det))
+            text = "".join(f"{int(c)} {float(p):.5f}\n" for c, p in zip(det.class_id, det.confidence)) if cls else yolo_txt(det)
+            atomic_write_text(self.txt_dir / f"{stem}.txt", text)
         if self.img_dir is not None and image is not None:
             suffix = Path(name).suffix.lower()
             suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
-            write_image(self.img_dir / f"{stem}{suffix}", draw_detections(image, det))
+            drawn = draw_classification(image, det) if cls else draw_detections(image, det)
+            write_image(self.img_dir / f"{stem}{suffix}", drawn)
 
     def close(self) -> None:
         if self.json_path is not None:

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                 jsonl.close()
     if not args.quiet:
         t = predictor.times.summary()
-        print(f"{n_ok} image(s), {n_det} detection(s); per image: decode {t['decode']*1e3:.1f} ms, "
+        what = "classified" if predictor.task == "classify" else f"{n_det} detection(s)"
+        print(f"{n_ok} image(s), {what}; per image: decode {t['decode']*1e3:.1f} ms, "
               f"preprocess {t['preprocess']*1e3:.1f} ms, inference {t['inference']*1e3:.1f} ms, "
               f"postprocess {t['postprocess']*1e3:.1f} ms", file=sys.stderr)
         for path in (args.save_json, args.save_txt, args.save_img, video_path, args.save_jsonl):

@@ -442,5 +442,14 @@ def load(model: str | os.PathLike, backend: str | None = None, device: str | Non
         >>> import unideploy
         >>> predictor = unideploy.load("model.onnx", backend="openvino", device="CPU")  # doctest: +SKIP
         >>> dets = predictor(["a.jpg", "b.jpg"])  # doctest: +SKIP
+
+    With ``backend="torch"`` and a CUDA device, the GPU end-to-end predictor (nvJPEG decode, GPU letterbox
+    and NMS, overlapped stages; see :mod:`unideploy.gpu`) is returned instead, with the same interface.
     """
+    from .gpu import wants_gpu_pipeline
+
+    if wants_gpu_pipeline(backend, device, model):
+        from .gpu.pipeline import GpuPredictor
+
+        return GpuPredictor(model, device=device, **kwargs)  # type: ignore[return-value]
     return Predictor(model, backend, device, **kwargs)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendError, DeviceError, ModelError
+from ..errors import InputError, BackendError, DeviceError, ModelError
 from ..security import check_model_file
 from .base import Backend, Session, TensorInfo
 
@@ -186,5 +186,8 @@ class OnnxRuntimeBackend(Backend):
             raise ModelError(f"model file not found: {path}")
         check_model_file(path)  # external data must stay inside the model's folder (before the runtime reads)
         providers = providers_for(device, ort.get_available_providers())
+        if options.get("precision") and str(options["precision"]).lower() not in ("fp32", "f32", "float32"):
+            raise InputError(f"onnxruntime runs the model file's own precision; got precision={options['precision']!r} "
+                             "(export an fp16 model with `unideploy export --half` instead)")
         threads = options.pop("threads", None) or os.environ.get("UNIDEPLOY_ORT_THREADS")
         return OnnxRuntimeSession(path, device or "cpu", ort, providers, int(threads) if threads else None, options)

@@ -16,6 +16,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-sha256", action="append", default=None, metavar="[NAME=]DIGEST",
                    help="refuse the model unless its SHA-256 is DIGEST; NAME=DIGEST pins a file beside it "
                         "(an IR's .bin, external data); repeatable")
+    p.add_argument("--precision", default=None, metavar="fp32|fp16|bf16",
+                   help="inference precision where the runtime chooses it (torch; OpenVINO's INFERENCE_PRECISION_HINT, "
+                        "whose CPU default may be bf16); ONNX Runtime runs the model file's own precision")
     p.add_argument("--trust-pickle", action="store_true",
                    help="fully unpickle .pt checkpoints the safe loader refuses (runs any code in the file)")
 
@@ -26,6 +29,8 @@ def predictor_kwargs(args: argparse.Namespace) -> dict:
         kw["threads"] = args.threads
     if getattr(args, "model_sha256", None):
         kw["sha256"] = args.model_sha256
+    if getattr(args, "precision", None):
+        kw["precision"] = args.precision
     if getattr(args, "trust_pickle", False):
         kw["trust_pickle"] = True
     return kw

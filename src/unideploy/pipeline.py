@@ -33,6 +33,8 @@ from .spec import ModelSpec, read_spec
 MODEL_SUFFIXES = (".onnx", ".xml")
 #: seconds between checks of a stream's stop flag while a thread waits
 _POLL = 0.05
+#: per-stage timing samples a Predictor keeps (the most recent; older ones are dropped)
+TIMES_KEPT = 10_000
 
 
 class _Stopped(Exception):
@@ -51,12 +53,14 @@ def _wait(fut: Future, stop: threading.Event) -> Any:
 
 @dataclass
 class StageTimes:
-    """Accumulated wall seconds per stage (decode and preprocess run in worker threads)."""
+    """Wall seconds per stage and item (decode and preprocess run in worker threads), the most recent
+    ``TIMES_KEPT`` of each: a predictor reading a stream for days must not keep every sample (an unbounded
+    list grew RSS by ~1.6 MB per 10,000 predictions in benchmarks/soak.py)."""
 
-    decode: list[float] = field(default_factory=list)
-    preprocess: list[float] = field(default_factory=list)
-    inference: list[float] = field(default_factory=list)
-    postprocess: list[float] = field(default_factory=list)
+    decode: deque[float] = field(default_factory=lambda: deque(maxlen=TIMES_KEPT))
+    preprocess: deque[float] = field(default_factory=lambda: deque(maxlen=TIMES_KEPT))
+    inference: deque[float] = field(default_factory=lambda: deque(maxlen=TIMES_KEPT))
+    postprocess: deque[float] = field(default_factory=lambda: deque(maxlen=TIMES_KEPT))
 
     def summary(self) -> dict[str, float]:
         return {k: float(np.mean(v)) if v else 0.0 for k, v in self.__dict__.items()}

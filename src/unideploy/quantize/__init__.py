@@ -170,7 +170,7 @@ def quantize(
     from ..pipeline import load
     from ..spec import read_spec
     from .report import format_report, measure_speed, model_bytes
-    from .scope import check_patterns, float_patterns, int8_ops
+    from .scope import check_patterns, int8_ops
 
     backend = _BACKEND_ALIASES.get(str(backend).lower(), str(backend).lower())
     if backend not in DEFAULT_METHOD:
@@ -211,9 +211,7 @@ def quantize(
 
     report: dict[str, Any] = {"backend": backend, "method": method, "preset": preset}
     with load(src, backend, device, **eval_options) as fp32:
-        calibration = CalibrationSet(calib if isinstance(calib, (list, tuple)) else calib, fp32, samples)
-        if keep_head_float and spec.task == "detect":
-            patterns = float_patterns(src) + patterns
+        calibration = CalibrationSet(calib, fp32, samples)
         gate = None
         fp32_acc: dict[str, Any] = {}
         if dataset is not None:
@@ -225,7 +223,9 @@ def quantize(
         fn = METHODS[method][backend]
         try:
             qmodel, kept = fn(src, calibration, preset=preset, patterns=patterns,
-                              gate=gate if max_drop is not None else None, max_drop=max_drop, ranking_subset=ranking_subset)
+                              head=keep_head_float and spec.task == "detect",
+                              gate=gate if max_drop is not None else None, max_drop=max_drop,
+                              ranking_subset=ranking_subset)
         except BaseException:
             if gate is not None:
                 gate.close()

@@ -87,25 +87,26 @@ def tail_nodes_openvino(model: object) -> list[str]:
     return _tail(nodes)
 
 
-def float_patterns(path: object) -> list[str]:
-    """Patterns of the detection-head nodes to keep in float for the model at ``path`` (.onnx or .xml):
-    an Ultralytics head's decoding, else the tail after the last heavy layer."""
-    from pathlib import Path
+def _names(model: object) -> list[str]:
+    if hasattr(model, "get_ordered_ops"):  # openvino.Model
+        return [op.get_friendly_name() for op in model.get_ordered_ops()  # type: ignore[attr-defined]
+                if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+    return [n.name for n in model.graph.node if n.op_type != "Constant"]  # type: ignore[attr-defined]
 
-    p = Path(str(path))
-    if p.suffix.lower() == ".onnx":
-        import onnx
 
-        model = onnx.load(str(p), load_external_data=False)
-        names = [n.name for n in model.graph.node]
-        tail = tail_nodes_onnx(model) if not ultralytics_head_patterns(names) else []
-    else:
-        import openvino as ov
-
-        model = ov.Core().read_model(str(p))
-        names = [op.get_friendly_name() for op in model.get_ordered_ops()]
-        tail = tail_nodes_openvino(model) if not ultralytics_head_patterns(names) else []
-    return ultralytics_head_patterns(names) or [re.escape(n) + "$" for n in tail]
+def float_nodes(model: object, patterns: Iterable[str] = (), head: bool = True) -> list[str]:
+    """Nodes of ``model`` (``onnx.ModelProto`` or ``openvino.Model``) to keep in float: with ``head``, an
+    Ultralytics head's decoding (else the tail after the last heavy layer), plus nodes matching ``patterns``."""
+    names = _names(model)
+    keep: list[str] = []
+    if head:
+        ult = ultralytics_head_patterns(names)
+        if ult:
+            keep = matching(names, ult)
+        else:
+            keep = tail_nodes_openvino(model) if hasattr(model, "get_ordered_ops") else tail_nodes_onnx(model)
+    extra = matching(names, patterns)
+    return list(dict.fromkeys(keep + extra))
 
 
 def int8_ops(model: object) -> int:

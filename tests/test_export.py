@@ -290,7 +290,7 @@ def _tiny_onnx(path: Path, dynamic: bool = False) -> Path:
 
 
 BAD = [
-    (dict(to="tflite"), "InputError", "unknown export target 'tflite'; valid targets: onnx, openvino"),
+    (dict(to="tflite"), "InputError", "unknown export target 'tflite'; valid targets: engine, om, onnx, openvino, rknn"),
     (dict(passes="silu,fuse_everything"), "InputError", "unknown graph pass 'fuse_everything'; valid passes: silu, static_grid"),
     (dict(passes="static_grid", dynamic=True), "InputError", "cannot be combined with --dynamic"),
     (dict(batch=0), "InputError", "--batch must be a positive integer"),
@@ -359,7 +359,7 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     src = _tiny_onnx(tmp_path / "m.onnx")
     assert main(["export", str(src), "--to", "engine2"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown export target 'engine2'; valid targets: onnx, openvino"
+    assert err == "error: unknown export target 'engine2'; valid targets: engine, om, onnx, openvino, rknn"
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert main(["export", str(src), "--to", "openvino"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

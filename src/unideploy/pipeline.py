@@ -1,7 +1,9 @@
 """Predictor: model file -> session + spec + adapter; images -> results, batched and pipelined.
 
-Decoding and preprocessing of upcoming images run in worker threads (OpenCV releases the GIL) while the
-current batch is in the runtime, with a bounded look-ahead; results come back in input order.
+``Predictor.stream`` pipelines the stages: decoding and preprocessing run in worker threads (OpenCV releases
+the GIL) with a bounded look-ahead, inference goes through the session's ``AsyncRunner`` with several runs in
+flight, and postprocessing has its own thread; results come back in input order, and closing the stream (or
+the predictor) joins every thread it started.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from .backends.base import Session
 from .backends.registry import backend_for_path, get_backend
-from .errors import InputError, ModelError, UnideployError
+from .errors import BackendError, InputError, ModelError, UnideployError
 from .models import resolve_adapter
 from .models.base import Adapter
 from .ops.letterbox import LetterboxInfo
@@ -37,8 +39,22 @@ _POLL = 0.05
 TIMES_KEPT = 10_000
 
 
+#: seconds Predictor.close() waits for a stream that another thread is iterating
+_CLOSE_WAIT = 10.0
+
+
 class _Stopped(Exception):
     """Internal: a stream was closed while a stage was waiting."""
+
+
+@dataclass
+class _StreamControl:
+    """Shared between a stream's generator and Predictor.close(): who iterates it, stop and done flags."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    owner: int | None = None
+    closed: bool = False
 
 
 def _wait(fut: Future, stop: threading.Event) -> Any:
@@ -181,7 +197,7 @@ class Predictor:
             raise InputError(f"requests must be a positive integer, got {requests}")
         self.requests = int(requests) if requests else max(2, self.session.optimal_requests())
         self.times = StageTimes()
-        self._streams: weakref.WeakSet = weakref.WeakSet()
+        self._streams: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # generator -> _StreamControl
 
     # -- construction helpers -------------------------------------------------------------------
     def _finish_spec(self, spec: ModelSpec, imgsz: Any) -> ModelSpec:
@@ -281,16 +297,28 @@ class Predictor:
             ...     for out in p.stream("images/"):
             ...         print(out.item.name, out.result if out.ok else out.error)
         """
-        gen = self._stream(source, keep_images, vid_stride, requests, options)
-        self._streams.add(gen)
+        ctl = _StreamControl()
+        gen = self._stream(source, keep_images, vid_stride, requests, options, ctl)
+        self._streams[gen] = ctl
         return gen
 
     def _stream(self, source: Any, keep_images: bool, vid_stride: int, requests: int | None,
-                options: dict[str, Any]) -> Iterator[Outcome]:
+                options: dict[str, Any], ctl: _StreamControl) -> Iterator[Outcome]:
+        ctl.owner = threading.get_ident()
+        try:
+            yield from self._pipeline(source, keep_images, vid_stride, requests, options, ctl.stop)
+        except _Stopped:
+            pass
+        finally:
+            ctl.finished.set()
+        if ctl.closed:  # Predictor.close() from another thread ended this stream mid-way
+            raise BackendError(f"{self.path.name}: the predictor was closed while a stream was reading from it")
+
+    def _pipeline(self, source: Any, keep_images: bool, vid_stride: int, requests: int | None,
+                  options: dict[str, Any], stop: threading.Event) -> Iterator[Outcome]:
         src = source if isinstance(source, Source) else Source(source, vid_stride)
         opts = {**self.options, **options}
         n_req = max(1, int(requests or self.requests))
-        stop = threading.Event()
         # slots in input order: ("err", Outcome) | ("batch", Future[results], rows) | ("exc", exception)
         out_q: queue.Queue = queue.Queue(maxsize=n_req + 2)
         times = self.times
@@ -387,6 +415,8 @@ class Predictor:
         try:
             dispatcher.start()
             while True:
+                if stop.is_set():  # set from outside only by Predictor.close()
+                    raise _Stopped()
                 try:
                     entry = out_q.get(timeout=_POLL)
                 except queue.Empty:
@@ -421,12 +451,23 @@ class Predictor:
         return self.spec.names
 
     def close(self) -> None:
-        """Stop the streams still open on this predictor (joining their threads), then close the session."""
-        for gen in list(self._streams):
-            try:
-                gen.close()
-            except ValueError:  # running in another thread: it stops when that thread closes it
-                pass
+        """Stop the streams still open on this predictor (joining their threads), then close the session.
+
+        A stream suspended in this thread (or never started) is closed here. A stream another thread is
+        iterating is told to stop; that thread's next ``next()`` (or its wait inside one) ends it with a
+        BackendError saying the predictor was closed, and this call waits for it (up to 10 s).
+        """
+        me = threading.get_ident()
+        for gen, ctl in list(self._streams.items()):
+            ctl.closed = True
+            ctl.stop.set()
+            if ctl.owner is None or ctl.owner == me:
+                try:
+                    gen.close()
+                    continue
+                except ValueError:  # being resumed by another thread right now
+                    pass
+            ctl.finished.wait(_CLOSE_WAIT)
         self.session.close()
 
     def __enter__(self) -> Predictor:

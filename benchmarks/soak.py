@@ -37,6 +37,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 # ------------------------------------------------------------------------------------------ probes
 
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
@@ -89,21 +90,27 @@ class SoakResult:
     cycles: list[Sample] = field(default_factory=list)
 
     def row(self) -> str:
-        return (f"| {self.backend} | {self.predictions:,} ({self.video_frames:,} video) | {self.seconds:,.0f} | "
-                f"{self.rss_mid_mb:.0f} → {self.rss_end_mb:.0f} | {self.growth_mb:+.1f} (limit {self.limit_mb:.1f}) | "
-                f"{self.slope_mb_per_10k:+.2f} | {self.threads_mid} → {self.threads_end} | {self.fds_mid} → {self.fds_end} | "
-                f"{'PASS' if self.passed else 'FAIL: ' + '; '.join(self.reasons)} |")
+        return (
+            f"| {self.backend} | {self.predictions:,} ({self.video_frames:,} video) | {self.seconds:,.0f} | "
+            f"{self.rss_mid_mb:.0f} → {self.rss_end_mb:.0f} | {self.growth_mb:+.1f} (limit {self.limit_mb:.1f}) | "
+            f"{self.slope_mb_per_10k:+.2f} | {self.threads_mid} → {self.threads_end} | {self.fds_mid} → {self.fds_end} | "
+            f"{'PASS' if self.passed else 'FAIL: ' + '; '.join(self.reasons)} |"
+        )
 
 
-HEADER = ("| backend | predictions | s | RSS mid → end (MB) | growth MB | MB / 10k (2nd half) | OS threads | open files | verdict |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| backend | predictions | s | RSS mid → end (MB) | growth MB | MB / 10k (2nd half) | OS threads | open files | verdict |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def judge(samples: list[Sample], backend: str, boundaries: list[Sample] | None = None, **counts: Any) -> SoakResult:
     """Verdict from the samples: RSS growth over the second half of the run; threads and open files at the
     cycle boundaries (no stream running) at mid-run vs at the end."""
     total = samples[-1].n
-    mid = [s for s in samples if 0.45 * total <= s.n <= 0.55 * total] or [min(samples, key=lambda s: abs(s.n - total / 2))]
+    mid = [s for s in samples if 0.45 * total <= s.n <= 0.55 * total] or [
+        min(samples, key=lambda s: abs(s.n - total / 2))
+    ]
     tail = [s for s in samples if s.n >= 0.9 * total] or samples[-1:]
     rss_mid = statistics.median(s.rss_mb for s in mid)
     rss_end = statistics.median(s.rss_mb for s in tail)
@@ -122,13 +129,30 @@ def judge(samples: list[Sample], backend: str, boundaries: list[Sample] | None =
         reasons.append(f"threads grew {th_mid} -> {th_end}")
     if fd_end > fd_mid:
         reasons.append(f"open files grew {fd_mid} -> {fd_end}")
-    return SoakResult(backend=backend, predictions=total, seconds=samples[-1].t, rss_start_mb=samples[0].rss_mb,
-                      rss_mid_mb=rss_mid, rss_end_mb=rss_end, growth_mb=growth, limit_mb=limit, slope_mb_per_10k=slope,
-                      threads_mid=th_mid, threads_end=th_end, fds_mid=fd_mid, fds_end=fd_end, passed=not reasons,
-                      reasons=reasons, samples=samples, cycles=list(boundaries or []), **counts)
+    return SoakResult(
+        backend=backend,
+        predictions=total,
+        seconds=samples[-1].t,
+        rss_start_mb=samples[0].rss_mb,
+        rss_mid_mb=rss_mid,
+        rss_end_mb=rss_end,
+        growth_mb=growth,
+        limit_mb=limit,
+        slope_mb_per_10k=slope,
+        threads_mid=th_mid,
+        threads_end=th_end,
+        fds_mid=fd_mid,
+        fds_end=fd_end,
+        passed=not reasons,
+        reasons=reasons,
+        samples=samples,
+        cycles=list(boundaries or []),
+        **counts,
+    )
 
 
 # -------------------------------------------------------------------------------------------- data
+
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """Varied images: JPEG of many sizes plus grayscale PNG, RGBA PNG, 16-bit TIFF and WebP."""
@@ -196,14 +220,17 @@ def build_model(folder: Path, imgsz: int, openvino: bool) -> dict[str, Path]:
     import subprocess
 
     # built in a child process, so that torch / Ultralytics never enter the process being measured
-    code = ("import sys; from unideploy.testing import build_random_yolo; "
-            f"build_random_yolo('yolov8n.yaml', {str(folder)!r}, {int(imgsz)}, openvino={bool(openvino)})")
+    code = (
+        "import sys; from unideploy.testing import build_random_yolo; "
+        f"build_random_yolo('yolov8n.yaml', {str(folder)!r}, {int(imgsz)}, openvino={bool(openvino)})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
     xmls = sorted((folder / "yolov8n_openvino_model").glob("*.xml"))
     return {"onnxruntime": onnx, **({"openvino": xmls[0]} if xmls else {})}
 
 
 # --------------------------------------------------------------------------------------------- run
+
 
 def leaky(fn: Callable, kb: int, store: list) -> Callable:
     """``fn`` that also keeps ``kb`` KB of fresh (written, hence resident) memory per call: a leaking stub."""
@@ -216,8 +243,18 @@ def leaky(fn: Callable, kb: int, store: list) -> Callable:
     return wrapped
 
 
-def soak(model: str | Path, backend: str, images: list[Path], video: Path | None, n: int, *, leak_kb: int = 0,
-         samples: int = 100, progress: bool = True, **load_kwargs: Any) -> SoakResult:
+def soak(
+    model: str | Path,
+    backend: str,
+    images: list[Path],
+    video: Path | None,
+    n: int,
+    *,
+    leak_kb: int = 0,
+    samples: int = 100,
+    progress: bool = True,
+    **load_kwargs: Any,
+) -> SoakResult:
     """Run ``n`` predictions on one backend (see the module docstring) and judge the resource samples.
 
     Example:
@@ -254,9 +291,13 @@ def soak(model: str | Path, backend: str, images: list[Path], video: Path | None
             out.append(Sample(done, time.perf_counter() - t0, rss_mb(), os_threads(), open_fds()))
             next_sample = done + every
             if progress and (sys.stderr.isatty() or len(out) % 10 == 1):
-                print(f"{chr(13) if sys.stderr.isatty() else ''}  {backend}: {done:,}/{n:,} predictions, "
-                      f"RSS {out[-1].rss_mb:.0f} MB, {out[-1].threads} threads, {out[-1].fds} files",
-                      end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+                print(
+                    f"{chr(13) if sys.stderr.isatty() else ''}  {backend}: {done:,}/{n:,} predictions, "
+                    f"RSS {out[-1].rss_mb:.0f} MB, {out[-1].threads} threads, {out[-1].fds} files",
+                    end="" if sys.stderr.isatty() else "\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return done < n
 
     with unideploy.load(model, backend=backend, **load_kwargs) as pred:
@@ -320,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     from unideploy.backends.registry import get_backend
 
     backends = [b for b in backends if get_backend(b).available()]
-    models = ({b: Path(args.model) for b in backends} if args.model
-              else build_model(work / f"model{args.imgsz}", args.imgsz, openvino="openvino" in backends))
+    models = (
+        {b: Path(args.model) for b in backends}
+        if args.model
+        else build_model(work / f"model{args.imgsz}", args.imgsz, openvino="openvino" in backends)
+    )
     images = make_images(work / "images", args.images)
     video = make_video(work / f"video{args.video_frames}.avi", args.video_frames) if args.video_frames else None
     results = []
@@ -330,13 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         if b == "onnxruntime":
             opts["spin"] = False
         results.append(soak(models[b], b, images, video, args.n, leak_kb=args.leak_kb, conf=0.25, **opts))
-    print(f"\nsoak: {args.n:,} predictions per backend; model {Path(str(models[backends[0]])).name} at {args.imgsz}px; "
-          f"{len(images)} images, video of {args.video_frames:,} frames{f'; LEAKING {args.leak_kb} KB per prediction' if args.leak_kb else ''}\n")
+    print(
+        f"\nsoak: {args.n:,} predictions per backend; model {Path(str(models[backends[0]])).name} at {args.imgsz}px; "
+        f"{len(images)} images, video of {args.video_frames:,} frames{f'; LEAKING {args.leak_kb} KB per prediction' if args.leak_kb else ''}\n"
+    )
     print(HEADER)
     for r in results:
         print(r.row())
-    report = {"machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-              "args": vars(args), "results": [asdict(r) for r in results]}
+    report = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "args": vars(args),
+        "results": [asdict(r) for r in results],
+    }
     path = Path(args.json) if args.json else work / "soak.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))

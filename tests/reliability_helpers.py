@@ -24,8 +24,9 @@ def tiny_model_files(tmp_path_factory) -> dict[str, Path]:
         pytest.importorskip("torch")
         from unideploy.testing import build_random_yolo
 
-        out = build_random_yolo("yolov8n.yaml", tmp_path_factory.mktemp("tiny_models"), TINY_IMGSZ,
-                                openvino=has_module("openvino"))
+        out = build_random_yolo(
+            "yolov8n.yaml", tmp_path_factory.mktemp("tiny_models"), TINY_IMGSZ, openvino=has_module("openvino")
+        )
         _BUILT["tiny"] = {"onnxruntime": out["onnx"], **({"openvino": out["openvino"]} if "openvino" in out else {})}
     return _BUILT["tiny"]
 
@@ -40,6 +41,7 @@ def model_for(files: dict[str, Path], backend: str) -> Path:
 
 
 # -------------------------------------------------------------------------------------- resources
+
 
 def rss_mb() -> float:
     """Resident set size of this process in MB (from /proc, psutil as a fallback)."""
@@ -77,6 +79,7 @@ def snapshot() -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------- images
+
 
 def pil_bytes(img, fmt: str, **kw) -> bytes:
     f = io.BytesIO()
@@ -125,4 +128,6 @@ def assert_same_boxes(a, b, min_iou: float = 0.99) -> None:
     if not len(a):
         return
     m = iou_matrix(a.xyxy, b.xyxy) * (a.class_id[:, None] == b.class_id[None, :])
-    assert m.max(1).min() >= min_iou and m.max(0).min() >= min_iou, f"lowest matched IoU {min(m.max(1).min(), m.max(0).min()):.4f}"
+    assert m.max(1).min() >= min_iou and m.max(0).min() >= min_iou, (
+        f"lowest matched IoU {min(m.max(1).min(), m.max(0).min()):.4f}"
+    )

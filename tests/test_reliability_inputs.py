@@ -25,8 +25,15 @@ import pytest
 import unideploy
 import unideploy.sources as sources
 from conftest import scene
-from reliability_helpers import (BACKENDS, apply_orientation, assert_same_boxes, model_for, pil_bytes,
-                                 tiny_model_files, with_orientation)
+from reliability_helpers import (
+    BACKENDS,
+    apply_orientation,
+    assert_same_boxes,
+    model_for,
+    pil_bytes,
+    tiny_model_files,
+    with_orientation,
+)
 from unideploy.cli.main import main
 from unideploy.errors import ImageDecodeError
 from unideploy.security import sniff_image
@@ -45,6 +52,7 @@ def _scene(seed: int = 0, h: int = 120, w: int = 160) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ bad files
+
 
 def _make_mixed_folder(d: Path) -> tuple[list[str], dict[str, str]]:
     """Good images of several formats plus one bad file of each kind; returns (good names, {bad name: reason})."""
@@ -68,8 +76,13 @@ def _make_mixed_folder(d: Path) -> tuple[list[str], dict[str, str]]:
     (d / "notes.png").write_text("these are my notes, not a picture\n")
     (d / "unreadable.jpg").write_bytes(jpeg)
     (d / "unreadable.jpg").chmod(0)
-    bad = {"truncated.jpg": "truncated", "zero.png": "empty file", "video_named.jpg": "MP4/QuickTime video",
-           "notes.png": "got text", "unreadable.jpg": "PermissionError"}
+    bad = {
+        "truncated.jpg": "truncated",
+        "zero.png": "empty file",
+        "video_named.jpg": "MP4/QuickTime video",
+        "notes.png": "got text",
+        "unreadable.jpg": "PermissionError",
+    }
     return good, bad
 
 
@@ -91,8 +104,22 @@ def test_folder_with_bad_files(tiny, tmp_path, monkeypatch, capsys):
 
         monkeypatch.setattr(sources.np, "fromfile", fromfile)
     out = tmp_path / "out"
-    rc = main(["predict", str(tiny["onnxruntime"]), str(tmp_path / "mixed"), "--conf", "0.1", "--quiet",
-               "--save-txt", str(out / "txt"), "--save-json", str(out / "r.json"), "--save-img", str(out / "img")])
+    rc = main(
+        [
+            "predict",
+            str(tiny["onnxruntime"]),
+            str(tmp_path / "mixed"),
+            "--conf",
+            "0.1",
+            "--quiet",
+            "--save-txt",
+            str(out / "txt"),
+            "--save-json",
+            str(out / "r.json"),
+            "--save-img",
+            str(out / "img"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1, err
     assert {p.stem for p in (out / "txt").glob("*.txt")} == {Path(g).stem for g in good}
@@ -118,6 +145,7 @@ def test_stream_reports_bad_items_in_order(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------- pixel cap
 
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -127,8 +155,12 @@ def png_bomb(w: int, h: int) -> bytes:
     comp = zlib.compressobj(9)
     row = b"\x00" * (w + 1)
     idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def big_header(fmt: str, w: int, h: int) -> bytes:
@@ -140,9 +172,17 @@ def big_header(fmt: str, w: int, h: int) -> bytes:
         sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, h, w, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
         return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
     if fmt == "bmp":
-        return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 0, 0, 0, 0)
+        return (
+            b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 0, 0, 0, 0)
+        )
     if fmt == "webp":
-        body = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00" + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+        body = (
+            b"VP8X"
+            + struct.pack("<I", 10)
+            + b"\x00\x00\x00\x00"
+            + (w - 1).to_bytes(3, "little")
+            + (h - 1).to_bytes(3, "little")
+        )
         return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
     if fmt == "tiff":
         ifd = struct.pack("<H", 2) + struct.pack("<HHII", 256, 4, 1, w) + struct.pack("<HHII", 257, 4, 1, h) + b"\0" * 4
@@ -188,12 +228,17 @@ def test_pixel_cap_is_configurable(tmp_path, monkeypatch):
     assert decode_image(data, max_pixels=0).shape == (100, 200, 3)  # 0 = no limit
     path = tmp_path / "a.png"
     path.write_bytes(data)
-    code = (f"import unideploy.sources as s\ntry:\n s.read_image({str(path)!r})\nexcept s.ImageDecodeError as e:\n print('REFUSED', e)")
+    code = f"import unideploy.sources as s\ntry:\n s.read_image({str(path)!r})\nexcept s.ImageDecodeError as e:\n print('REFUSED', e)"
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "UNIDEPLOY_MAX_PIXELS": "5000"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "UNIDEPLOY_MAX_PIXELS": "5000"},
+    )
     assert "REFUSED" in proc.stdout and "0.005 megapixels" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -212,8 +257,10 @@ OTHER = {
 @pytest.mark.parametrize("kind", sorted(OTHER))
 def test_only_allow_listed_formats_reach_opencv(kind, no_decoder):
     data, reason = OTHER[kind]
-    with pytest.raises(ImageDecodeError, match=r"expected an image in a format unideploy decodes \(bmp, jpeg, pfm, png, tiff, webp\)") as e:
-        decode_image(data, f"x.jpg")
+    with pytest.raises(
+        ImageDecodeError, match=r"expected an image in a format unideploy decodes \(bmp, jpeg, pfm, png, tiff, webp\)"
+    ) as e:
+        decode_image(data, "x.jpg")
     assert reason in str(e.value)
 
 
@@ -240,6 +287,7 @@ def test_truncated_headers_are_decode_errors():
 
 # ---------------------------------------------------------------------------------- normalisation
 
+
 def _cases(tmp: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
     """{case: (file, expected BGR uint8 or None when only Ultralytics parity is checked)}."""
     from PIL import Image, ImageOps
@@ -258,8 +306,12 @@ def _cases(tmp: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
         with Image.open(tmp / name) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))[..., ::-1]
 
-    for fmt, ext, kw in (("JPEG", "jpg", {"quality": 95}), ("PNG", "png", {}), ("WEBP", "webp", {"lossless": True}),
-                         ("TIFF", "tif", {})):
+    for fmt, ext, kw in (
+        ("JPEG", "jpg", {"quality": 95}),
+        ("PNG", "png", {}),
+        ("WEBP", "webp", {"lossless": True}),
+        ("TIFF", "tif", {}),
+    ):
         for o in range(1, 9):
             name = f"exif{o}.{ext}"
             put(name, with_orientation(bgr, o, fmt, **kw), None)
@@ -270,11 +322,19 @@ def _cases(tmp: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
     g3 = np.repeat(gray[..., None], 3, 2)
     put("gray.png", cv2.imencode(".png", gray)[1].tobytes(), g3)
     put("gray.tif", cv2.imencode(".tiff", gray)[1].tobytes(), g3)
-    put("gray_alpha.png", pil_bytes(Image.fromarray(np.dstack([gray, rng.integers(0, 256, gray.shape, np.uint8)]), "LA"), "PNG"), g3)
+    put(
+        "gray_alpha.png",
+        pil_bytes(Image.fromarray(np.dstack([gray, rng.integers(0, 256, gray.shape, np.uint8)]), "LA"), "PNG"),
+        g3,
+    )
     alpha = rng.integers(0, 256, gray.shape, np.uint8)
     put("rgba.png", pil_bytes(Image.fromarray(np.dstack([bgr[..., ::-1], alpha]), "RGBA"), "PNG"), bgr)  # alpha dropped
     put("rgba.tif", cv2.imencode(".tiff", np.dstack([bgr, alpha]))[1].tobytes(), bgr)
-    put("rgba.webp", pil_bytes(Image.fromarray(np.dstack([bgr[..., ::-1], alpha]), "RGBA"), "WEBP", lossless=True, exact=True), bgr)
+    put(
+        "rgba.webp",
+        pil_bytes(Image.fromarray(np.dstack([bgr[..., ::-1], alpha]), "RGBA"), "WEBP", lossless=True, exact=True),
+        bgr,
+    )
     pal = rgb.quantize(32)
     pal_bgr = np.asarray(pal.convert("RGB"))[..., ::-1]
     put("palette.png", pil_bytes(pal, "PNG"), pal_bgr)
@@ -340,7 +400,9 @@ def test_exif_rotated_file_matches_physically_rotated_image(tiny, tmp_path, back
 def test_single_path_list_and_stream_agree(tiny, tmp_path, backend):
     model = model_for(tiny, backend)
     cases = _cases(tmp_path)
-    files = [cases[k][0] for k in ("exif6.jpg", "gray16.tif", "rgba.png", "palette.png", "gray_alpha.png", "exif3.webp")]
+    files = [
+        cases[k][0] for k in ("exif6.jpg", "gray16.tif", "rgba.png", "palette.png", "gray_alpha.png", "exif3.webp")
+    ]
     with unideploy.load(model, backend=backend, conf=0.05) as p:
         one = [p(f) for f in files]
         one_str = [p(str(f)) for f in files]
@@ -356,6 +418,7 @@ def test_single_path_list_and_stream_agree(tiny, tmp_path, backend):
 
 
 # ------------------------------------------------------------------------------------------- fuzzing
+
 
 def _seeds() -> list[bytes]:
     from PIL import Image
@@ -380,7 +443,7 @@ def _seeds() -> list[bytes]:
 def test_fuzz_image_decoder(tmp_path):
     """Random bytes and mutated real images (flips, cuts, splices, header field rewrites) for a fixed budget:
     decode_image / read_image return a (H, W, 3) uint8 image or raise ImageDecodeError, nothing else."""
-    hyp = pytest.importorskip("hypothesis")
+    pytest.importorskip("hypothesis")
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -399,17 +462,25 @@ def test_fuzz_image_decoder(tmp_path):
             elif op == "splice":
                 data[i:i] = draw(st.binary(max_size=64))
             elif op == "field" and len(data) > i + 4:  # a big number where a size field may be
-                data[i:i + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff",
-                                                      b"\x00\x01\x00\x00"]))
+                data[i : i + 4] = draw(
+                    st.sampled_from(
+                        [b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x01\x00\x00"]
+                    )
+                )
             elif op == "dup":
-                data += data[i:i + draw(st.integers(1, 512))]
+                data += data[i : i + draw(st.integers(1, 512))]
         return bytes(data)
 
     path = tmp_path / "fuzz.img"
     stats = {"ok": 0, "refused": 0}
 
-    @settings(max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")), deadline=None, derandomize=True,
-              database=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.one_of(mutated(), st.binary(max_size=512)))
     def check(data: bytes) -> None:
         for fn in (lambda: decode_image(data, "fuzz"), lambda: (path.write_bytes(data), read_image(path))[1]):

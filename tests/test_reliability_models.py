@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -44,16 +43,30 @@ def matmul_model(where: str = "initializer", opset: int = 17) -> onnx.ModelProto
     if where == "initializer":
         g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
     elif where == "attribute":
-        g = helper.make_graph([helper.make_node("Constant", [], ["w"], value=w),
-                               helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y])
+        g = helper.make_graph(
+            [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "g",
+            [x],
+            [y],
+        )
     else:  # a sub-graph of an If node
-        then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y_then"])], "then", [],
-                                 [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [1, 4])], [w])
-        other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [],
-                                  [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, [1, 4])])
+        then = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y_then"])],
+            "then",
+            [],
+            [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [1, 4])],
+            [w],
+        )
+        other = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y_else"])],
+            "else",
+            [],
+            [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, [1, 4])],
+        )
         cond = numpy_helper.from_array(np.array(True), "cond")
-        g = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
-                              "g", [x], [y], [cond])
+        g = helper.make_graph(
+            [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)], "g", [x], [y], [cond]
+        )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
@@ -204,7 +217,9 @@ def test_detector_with_external_data_predicts_like_the_original(tiny, tmp_path, 
     if not has_module(backend):
         pytest.skip(f"{backend} not installed")
     model = onnx.load(str(tiny["onnxruntime"]))
-    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights/yolo.data", size_threshold=1024)
+    convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location="weights/yolo.data", size_threshold=1024
+    )
     out = tmp_path / "ext"
     (out / "weights").mkdir(parents=True)
     onnx.save_model(model, str(out / "yolo.onnx"))
@@ -212,8 +227,10 @@ def test_detector_with_external_data_predicts_like_the_original(tiny, tmp_path, 
     from unideploy.testing import scene
 
     img = scene(np.random.default_rng(2), 90, 120)
-    with unideploy.load(tiny["onnxruntime"], backend=backend, conf=0.05) as a, \
-            unideploy.load(out / "yolo.onnx", backend=backend, conf=0.05) as b:
+    with (
+        unideploy.load(tiny["onnxruntime"], backend=backend, conf=0.05) as a,
+        unideploy.load(out / "yolo.onnx", backend=backend, conf=0.05) as b,
+    ):
         ra, rb = a(img), b(img)
     assert len(ra) > 0
     np.testing.assert_allclose(ra.xyxy, rb.xyxy, atol=1e-4)
@@ -221,6 +238,7 @@ def test_detector_with_external_data_predicts_like_the_original(tiny, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------ SHA-256
+
 
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -233,14 +251,18 @@ def test_sha256_pinning(tiny, tmp_path, backend, monkeypatch):
     with unideploy.load(model, backend=backend, sha256=digest.upper()) as p:  # case-insensitive
         assert p.spec.imgsz == (64, 64)
     if backend == "openvino":
-        with unideploy.load(model, sha256=[digest, f"{model.with_suffix('.bin').name}={sha(model.with_suffix('.bin'))}"]):
+        with unideploy.load(
+            model, sha256=[digest, f"{model.with_suffix('.bin').name}={sha(model.with_suffix('.bin'))}"]
+        ):
             pass
         bad_bin = {None: digest, model.with_suffix(".bin").name: "0" * 64}
         with pytest.raises(ModelError, match=r"yolov8n\.bin: SHA-256 is [0-9a-f]{64}, expected 0{64}"):
             unideploy.load(model, sha256=bad_bin)
     import unideploy.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "read_spec", lambda *a, **k: pytest.fail("the file was parsed before its digest was checked"))
+    monkeypatch.setattr(
+        pipeline, "read_spec", lambda *a, **k: pytest.fail("the file was parsed before its digest was checked")
+    )
     with pytest.raises(ModelError, match=rf"{model.name}: SHA-256 is {digest}, expected f{{64}} \(--model-sha256\)"):
         unideploy.load(model, backend=backend, sha256="f" * 64)
     for bad in ("abc", "g" * 64, "x=" + "0" * 63):
@@ -280,6 +302,7 @@ def test_native_engine_is_pinned_before_its_runtime_is_needed(tmp_path, monkeypa
 
 # ------------------------------------------------------------------------------------------- pickle
 
+
 @pytest.mark.timeout(300)
 def test_cli_does_not_unpickle_a_payload_without_trust_pickle(tmp_path, capsys):
     torch = pytest.importorskip("torch")
@@ -306,6 +329,7 @@ def test_cli_does_not_unpickle_a_payload_without_trust_pickle(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ fuzzing
 
+
 def _metadata_model(meta: dict[str, str]) -> bytes:
     m = matmul_model()
     for k, v in meta.items():
@@ -321,12 +345,34 @@ def test_fuzz_spec_reader_and_model_loading(tiny, tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    seed = _metadata_model({"names": "{0: 'a', 1: 'b'}", "imgsz": "[64, 64]", "stride": "32", "task": "detect",
-                            "author": "Ultralytics"})
+    seed = _metadata_model(
+        {"names": "{0: 'a', 1: 'b'}", "imgsz": "[64, 64]", "stride": "32", "task": "detect", "author": "Ultralytics"}
+    )
     keys = ["names", "imgsz", "stride", "task", "end2end", "batch", "head", "author", "description", "unideploy"]
-    values = st.one_of(st.text(max_size=40), st.sampled_from(
-        ["[1, 2, 3]", "['a', 'b']", "{0: 1}", "(" * 200, "1e400", "-5", "[0, 0]", "{'a': 'b'}", "[[1]]", "None",
-         "{\"imgsz\": \"x\"}", "{\"names\": [1]}", "{\"task\": 3}", "{\"mean\": \"abc\"}", "[]", "True", "'x' * 9"]))
+    values = st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(
+            [
+                "[1, 2, 3]",
+                "['a', 'b']",
+                "{0: 1}",
+                "(" * 200,
+                "1e400",
+                "-5",
+                "[0, 0]",
+                "{'a': 'b'}",
+                "[[1]]",
+                "None",
+                '{"imgsz": "x"}',
+                '{"names": [1]}',
+                '{"task": 3}',
+                '{"mean": "abc"}',
+                "[]",
+                "True",
+                "'x' * 9",
+            ]
+        ),
+    )
     folder = tmp_path / "fz"
     folder.mkdir()
     xml_dir = tmp_path / "ov"
@@ -353,17 +399,54 @@ def test_fuzz_spec_reader_and_model_loading(tiny, tmp_path):
                     data[i:i] = draw(st.binary(min_size=1, max_size=16))
             return kind, bytes(data)
         if kind == "sidecar":
-            return kind, draw(st.one_of(st.text(max_size=60), st.sampled_from(
-                ['{"imgsz": "abc"}', '{"names": 5}', '{"task": "segment"}', '[1, 2]', '"str"', '{"mean": [1]}',
-                 '{"imgsz": [1, 2, 3]}', '{"stride": "x"}', '{"resize": null}', '{"names": {"a": "b"}}', 'null'])))
-        return kind, draw(st.one_of(st.text(max_size=60), st.sampled_from(
-            ["- a\n- b\n", "names: 5\n", "imgsz: abc\n", "a: [\n", "stride: [1]\n", "names: {x: 1}\n", "!!python/object:os.system\n",
-             "task: 3\n", "null\n"])))
+            return kind, draw(
+                st.one_of(
+                    st.text(max_size=60),
+                    st.sampled_from(
+                        [
+                            '{"imgsz": "abc"}',
+                            '{"names": 5}',
+                            '{"task": "segment"}',
+                            "[1, 2]",
+                            '"str"',
+                            '{"mean": [1]}',
+                            '{"imgsz": [1, 2, 3]}',
+                            '{"stride": "x"}',
+                            '{"resize": null}',
+                            '{"names": {"a": "b"}}',
+                            "null",
+                        ]
+                    ),
+                )
+            )
+        return kind, draw(
+            st.one_of(
+                st.text(max_size=60),
+                st.sampled_from(
+                    [
+                        "- a\n- b\n",
+                        "names: 5\n",
+                        "imgsz: abc\n",
+                        "a: [\n",
+                        "stride: [1]\n",
+                        "names: {x: 1}\n",
+                        "!!python/object:os.system\n",
+                        "task: 3\n",
+                        "null\n",
+                    ]
+                ),
+            )
+        )
 
     seen: dict[str, int] = {}
 
-    @settings(max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")), deadline=None, derandomize=True,
-              database=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(cases())
     def check(case) -> None:
         kind, payload = case

@@ -37,12 +37,27 @@ IMAGE_FORMATS = ("bmp", "jpeg", "pfm", "png", "tiff", "webp")
 
 #: recognised but not decoded (named in the error so the user knows what the file really is)
 _OTHER_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"GIF87a", 0, "GIF"), (b"GIF89a", 0, "GIF"), (b"%PDF", 0, "PDF"), (b"PK\x03\x04", 0, "ZIP"),
-    (b"\x1a\x45\xdf\xa3", 0, "Matroska/WebM video"), (b"8BPS", 0, "Photoshop"), (b"\x00\x00\x01\x00", 0, "ICO"),
-    (b"#?RADIANCE", 0, "Radiance HDR"), (b"#?RGBE", 0, "Radiance HDR"), (b"\x76\x2f\x31\x01", 0, "OpenEXR"),
-    (b"\x59\xa6\x6a\x95", 0, "Sun raster"), (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"), (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
-    (b"\x1f\x8b", 0, "gzip"), (b"\x7fELF", 0, "ELF executable"), (b"ftypavif", 4, "AVIF"), (b"ftypheic", 4, "HEIC"),
-    (b"ftypmif1", 4, "HEIF"), (b"ftyp", 4, "MP4/QuickTime video"), (b"AVI ", 8, "AVI video"), (b"WAVE", 8, "WAV audio"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"%PDF", 0, "PDF"),
+    (b"PK\x03\x04", 0, "ZIP"),
+    (b"\x1a\x45\xdf\xa3", 0, "Matroska/WebM video"),
+    (b"8BPS", 0, "Photoshop"),
+    (b"\x00\x00\x01\x00", 0, "ICO"),
+    (b"#?RADIANCE", 0, "Radiance HDR"),
+    (b"#?RGBE", 0, "Radiance HDR"),
+    (b"\x76\x2f\x31\x01", 0, "OpenEXR"),
+    (b"\x59\xa6\x6a\x95", 0, "Sun raster"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
+    (b"\x1f\x8b", 0, "gzip"),
+    (b"\x7fELF", 0, "ELF executable"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftyp", 4, "MP4/QuickTime video"),
+    (b"AVI ", 8, "AVI video"),
+    (b"WAVE", 8, "WAV audio"),
 )
 
 
@@ -227,7 +242,8 @@ def sniff_image(data: bytes | memoryview, name: str = "<bytes>") -> ImageHeader:
     fmt = image_format(head)
     if fmt is None:
         raise ImageDecodeError(
-            f"{name}: expected an image in a format unideploy decodes ({', '.join(IMAGE_FORMATS)}), got {describe_data(head)}")
+            f"{name}: expected an image in a format unideploy decodes ({', '.join(IMAGE_FORMATS)}), got {describe_data(head)}"
+        )
     try:
         if fmt == "jpeg":
             w, h, bits = _jpeg_size(mv)  # walks segment lengths: large EXIF / ICC blocks are skipped, not read
@@ -252,13 +268,16 @@ def sniff_image(data: bytes | memoryview, name: str = "<bytes>") -> ImageHeader:
         else:
             w, h, bits = _pfm_size(head)
     except (_Unreadable, struct.error, IndexError):
-        raise ImageDecodeError(f"{name}: expected a complete {fmt.upper()} header, got a truncated or malformed one") from None
+        raise ImageDecodeError(
+            f"{name}: expected a complete {fmt.upper()} header, got a truncated or malformed one"
+        ) from None
     if w <= 0 or h <= 0:
         raise ImageDecodeError(f"{name}: {fmt.upper()} header declares an empty image ({w}x{h})")
     return ImageHeader(fmt, int(w), int(h), int(bits))
 
 
 # ----------------------------------------------------------------------------------- ONNX external data
+
 
 class UnsafeModelError(ModelError):
     """A model file that would make the runtime read or run something outside what it should."""
@@ -382,7 +401,9 @@ def onnx_external_refs(path: str | os.PathLike) -> list[ExternalRef]:
     try:
         _walk(memoryview(data), "model", 0, out)
     except (ValueError, IndexError) as e:
-        raise ModelError(f"{p}: expected an ONNX model (protobuf ModelProto), but it could not be parsed ({e})") from None
+        raise ModelError(
+            f"{p}: expected an ONNX model (protobuf ModelProto), but it could not be parsed ({e})"
+        ) from None
     return out
 
 
@@ -420,9 +441,13 @@ def check_onnx_external_data(path: str | os.PathLike) -> list[ExternalRef]:
         loc = ref.location
         what = f"{p.name}: tensor {ref.tensor!r} has external data at {loc!r}"
         if not loc or "\x00" in loc:
-            raise UnsafeModelError(f"{what}; expected a file name relative to the model's folder, got an empty or NUL-containing one")
+            raise UnsafeModelError(
+                f"{what}; expected a file name relative to the model's folder, got an empty or NUL-containing one"
+            )
         if loc.startswith(ORT_MEM_ADDR):
-            raise UnsafeModelError(f"{what}: that is ONNX Runtime's in-memory address marker, which a model file must not use")
+            raise UnsafeModelError(
+                f"{what}: that is ONNX Runtime's in-memory address marker, which a model file must not use"
+            )
         posix, win = PurePosixPath(loc), PureWindowsPath(loc)
         if posix.is_absolute() or win.is_absolute() or win.drive or win.root or loc.startswith(("/", "\\", "~")):
             raise UnsafeModelError(f"{what}; expected a path relative to the model's folder, got an absolute one")
@@ -431,7 +456,9 @@ def check_onnx_external_data(path: str | os.PathLike) -> list[ExternalRef]:
         target = base / loc
         real = os.path.realpath(target)
         if not _inside(real, roots):
-            raise UnsafeModelError(f"{what}, which resolves (through a symlink) to {real}, outside the model's folder {roots[0]}")
+            raise UnsafeModelError(
+                f"{what}, which resolves (through a symlink) to {real}, outside the model's folder {roots[0]}"
+            )
         if not os.path.isfile(real):
             raise ModelError(f"{what}; expected that file beside the model, it does not exist or is not a regular file")
         size = os.path.getsize(real)
@@ -491,7 +518,9 @@ def parse_sha256_pins(pins: str | Mapping[str, str] | list[str] | tuple[str, ...
                 part = part.strip()
                 if not part:
                     continue
-                name, sep, digest = part.rpartition("=") if "=" in part and not part.lower().startswith("sha256=") else ("", "", part)
+                name, sep, digest = (
+                    part.rpartition("=") if "=" in part and not part.lower().startswith("sha256=") else ("", "", part)
+                )
                 items.append((name or None, digest))
     out: dict[str | None, str] = {}
     for name, digest in items:
@@ -529,5 +558,7 @@ def verify_sha256(model_path: str | os.PathLike, pins: str | Mapping[str, str] |
             raise ModelError(f"{target}: pinned with --model-sha256 but it does not exist")
         got = file_sha256(target)
         if got != want:
-            raise ModelError(f"{target.name}: SHA-256 is {got}, expected {want} (--model-sha256); "
-                             "the file is not the one that was pinned")
+            raise ModelError(
+                f"{target.name}: SHA-256 is {got}, expected {want} (--model-sha256); "
+                "the file is not the one that was pinned"
+            )

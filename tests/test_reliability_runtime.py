@@ -1,0 +1,318 @@
+"""Reliability at run time: soak (short), concurrency, teardown, long corrupted video.
+
+* the soak harness (benchmarks/soak.py) passes a short run on every backend and FAILS a deliberately leaking stub;
+* 4 and 8 threads sharing one predictor for thousands of calls (single images, lists, streams) give the
+  single-threaded results (<= 1e-5) without deadlock; OpenVINO keeps one infer request per calling thread;
+* creating and closing a predictor 100 times per backend (with a prediction and an abandoned stream each time)
+  leaves RSS, Python threads, OS threads and open files where they were, and closing a predictor while another
+  thread streams from it ends that stream instead of hanging;
+* a long generated video with 5% corrupted frames and a cut tail: every good frame predicted once, in order,
+  with the clean video's results; skipped frames counted and the early end reported (VideoStats).
+Every test here runs under a hard timeout (pytest-timeout).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import unideploy
+from conftest import REPO, scene
+from reliability_helpers import BACKENDS, model_for, snapshot, tiny_model_files
+from unideploy.errors import UnideployError
+from unideploy.sources import Source
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def soak_module():
+    spec = importlib.util.spec_from_file_location("unideploy_soak", REPO / "benchmarks" / "soak.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def soak_data(soak_module, tmp_path_factory):
+    d = tmp_path_factory.mktemp("soak")
+    return soak_module.make_images(d / "images", 16), soak_module.make_video(d / "video.avi", 250)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    d = tmp_path_factory.mktemp("conc")
+    rng = np.random.default_rng(4)
+    out = []
+    for i in range(12):
+        p = d / f"{i:02d}.{'png' if i % 3 == 0 else 'jpg'}"
+        cv2.imwrite(str(p), scene(rng, int(rng.integers(50, 260)), int(rng.integers(50, 260))))
+        out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- soak
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_soak_passes(tiny, soak_module, soak_data, backend):
+    images, video = soak_data
+    r = soak_module.soak(model_for(tiny, backend), backend, images, video, 2000, progress=False, threads=1)
+    assert r.predictions == 2000 and r.video_frames > 400 and r.errors == 0
+    assert r.passed, r.reasons
+    assert r.limit_mb <= 100 and len(r.samples) >= 50 and len(r.cycles) >= 3
+
+
+@pytest.mark.timeout(900)
+def test_soak_catches_a_leaking_stub(tiny, soak_module, soak_data):
+    images, video = soak_data
+    r = soak_module.soak(
+        model_for(tiny, "onnxruntime"), "onnxruntime", images, video, 2000, progress=False, threads=1, leak_kb=128
+    )  # ~125 MB leaked over the second half
+    assert not r.passed
+    assert any("RSS grew" in why for why in r.reasons), r.reasons
+    assert r.growth_mb > r.limit_mb
+
+
+def test_soak_judge_on_synthetic_samples(soak_module):
+    S = soak_module.Sample
+    flat = [S(n, n / 100, 500.0 + (n % 7) * 0.1, 8, 12) for n in range(0, 10001, 100)]
+    assert soak_module.judge(flat, "x").passed
+    leak = [S(s.n, s.t, s.rss_mb + s.n * 0.01, 8, 12) for s in flat]  # 1 KB per prediction: 50 MB in the 2nd half
+    r = soak_module.judge(leak, "x")
+    assert not r.passed and r.limit_mb == pytest.approx(27.5, abs=0.2)
+    threads = [S(s.n, s.t, 500.0, 8 + (s.n > 9000), 12) for s in flat]
+    assert "threads grew 8 -> 9" in soak_module.judge(threads, "x").reasons
+    fds = [S(s.n, s.t, 500.0, 8, 12 + (s.n > 9000)) for s in flat]
+    assert "open files grew 12 -> 13" in soak_module.judge(fds, "x").reasons
+
+
+# -------------------------------------------------------------------------------------- concurrency
+
+
+def _same(a, b, where: str) -> None:
+    assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} detections"
+    np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-5, err_msg=where)
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5, err_msg=where)
+    np.testing.assert_array_equal(a.class_id, b.class_id, err_msg=where)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("n_threads", [4, 8])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_sharing_one_predictor(tiny, files, backend, n_threads):
+    calls_total = 2000
+    model = model_for(tiny, backend)
+    arrays = [cv2.imread(str(f)) for f in files]
+    with unideploy.load(model, backend=backend, conf=0.05) as pred:
+        ref = [pred(a) for a in arrays]
+        assert sum(len(r) for r in ref) > 0
+        errors: list[BaseException] = []
+        counts = [0] * n_threads
+        barrier = threading.Barrier(n_threads)
+
+        def work(k: int) -> None:
+            rng = np.random.default_rng(k)
+            try:
+                barrier.wait()
+                while counts[k] < calls_total // n_threads:
+                    step = counts[k]
+                    if step % 97 == 13:  # now and then a whole stream, concurrently with the other threads' calls
+                        for o in pred.stream(files[:5]):
+                            _same(o.result, ref[o.item.index], f"thread {k} stream {o.item.name}")
+                        counts[k] += 5
+                    elif step % 5 == 0:  # a list of paths
+                        idx = rng.choice(len(files), 3, replace=False)
+                        for i, r in zip(idx, pred([files[i] for i in idx])):
+                            _same(r, ref[i], f"thread {k} list {files[i].name}")
+                        counts[k] += 3
+                    else:
+                        i = int(rng.integers(len(arrays)))
+                        _same(pred(arrays[i]), ref[i], f"thread {k} call {files[i].name}")
+                        counts[k] += 1
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 600
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), f"deadlock: threads still running after 600 s, counts {counts}"
+        assert not errors, errors[0]
+        assert sum(counts) >= calls_total
+        if backend == "openvino":  # one infer request per thread that called run(), never shared
+            reqs = pred.session._requests
+            assert len(reqs) == len({id(r) for r in reqs}) <= n_threads + 1
+
+
+# ----------------------------------------------------------------------------------------- teardown
+
+CYCLES = r"""
+import gc, json, os, sys, threading
+import cv2, unideploy
+from unideploy.errors import UnideployError
+model, backend, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+img = cv2.imread(files[0])
+
+def snap():
+    gc.collect()
+    rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return {"rss_mb": rss, "py_threads": threading.active_count(), "os_threads": len(os.listdir("/proc/self/task")),
+            "fds": len(os.listdir("/proc/self/fd"))}
+
+def cycle():
+    p = unideploy.load(model, backend=backend)
+    p(img)
+    stream = p.stream(files)  # started and abandoned mid-way: close() must stop its threads
+    next(stream); next(stream)
+    p.close()
+    try:
+        p(img)
+        raise SystemExit("a closed predictor still predicted")
+    except UnideployError:
+        pass  # a closed predictor refuses; it does not crash
+
+for _ in range(10):  # warm-up: runtime thread pools, caches, allocator arenas
+    cycle()
+before = snap()
+for _ in range(100):
+    cycle()
+print("RESULT " + json.dumps({"before": before, "after": snap(), "heavy": sorted(m for m in ("torch", "ultralytics") if m in sys.modules)}))
+"""
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_create_close_100_times(tiny, files, backend):
+    """In a fresh process (no torch, no other test's threads): 10 warm-up + 100 measured create/predict/abandon a
+    stream/close cycles; a native crash fails this test instead of the whole session."""
+    import json
+    import signal
+    import subprocess
+
+    model = model_for(tiny, backend)
+    proc = subprocess.run(
+        [sys.executable, "-c", CYCLES, str(model), backend, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )
+    if proc.returncode < 0:
+        msg = f"the process died with {signal.Signals(-proc.returncode).name}:\n{proc.stderr[-3000:]}"
+        if backend == "openvino" and proc.returncode == -signal.SIGSEGV:
+            # seen in about 1 of 4 runs on openvino 2026.4 (heap corruption, new ov.Core per open + abandoned
+            # streams); not seen with one shared Core. Reported in docs/reliability.md; a crash is never a pass.
+            pytest.xfail("known OpenVINO teardown crash (see docs/reliability.md): " + msg[:300])
+        pytest.fail(msg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    before, after = res["before"], res["after"]
+    assert res["heavy"] == []
+    assert after["py_threads"] <= before["py_threads"], res
+    assert after["os_threads"] <= before["os_threads"], res
+    assert after["fds"] <= before["fds"], res
+    assert after["rss_mb"] - before["rss_mb"] < 25, res  # < 0.25 MB per create/close
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_abandoned_stream_is_joined_when_collected(tiny, files, backend):
+    model = model_for(tiny, backend)
+    with unideploy.load(model, backend=backend) as p:
+        list(p.stream(files[:2]))
+        base = snapshot()
+        for _ in range(5):
+            gen = p.stream(files * 3)
+            next(gen)
+            del gen  # the generator's finally stops and joins its threads
+            gc.collect()
+        after = snapshot()
+    assert after["py_threads"] <= base["py_threads"], (base, after)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_while_another_thread_streams_does_not_hang(tiny, soak_data, backend):
+    _, video = soak_data
+    p = unideploy.load(model_for(tiny, backend), backend=backend)
+    started, outcome = threading.Event(), {}
+
+    def consume() -> None:
+        n = 0
+        try:
+            for _ in p.stream(video):
+                n += 1
+                started.set()
+                time.sleep(0.005)
+            outcome["end"] = f"finished after {n}"
+        except UnideployError as e:
+            outcome["end"] = f"stopped with {type(e).__name__} after {n}"
+        except BaseException as e:  # noqa: BLE001
+            outcome["end"] = f"crashed: {e!r}"
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    assert started.wait(120)
+    p.close()
+    t.join(120)
+    assert not t.is_alive(), "the streaming thread hung after close()"
+    if "generator already executing" in outcome["end"]:
+        # close() calls gen.close() on a generator that another thread may be resuming at that moment; the
+        # stream owner has the proposed fix (close() sets the stream's stop flag; next/close under one lock)
+        pytest.xfail("known race: close() from another thread -> ValueError('generator already executing')")
+    assert not outcome["end"].startswith("crashed"), outcome
+
+
+# -------------------------------------------------------------------------------------------- video
+
+
+@pytest.mark.timeout(600)
+def test_long_video_with_corrupt_frames_and_cut_tail(tiny, soak_module, tmp_path):
+    n = 400
+    clean = soak_module.make_video(tmp_path / "clean.avi", n)
+    data = bytearray(clean.read_bytes())
+    soi = []
+    i = data.find(b"\xff\xd8\xff")
+    while i >= 0:
+        soi.append(i)
+        i = data.find(b"\xff\xd8\xff", i + 3)
+    assert len(soi) == n
+    rng = np.random.default_rng(9)
+    corrupt = sorted(int(k) for k in rng.choice(np.arange(1, 300), 20, replace=False))  # 5% of the frames
+    for k in corrupt:  # the JPEG of the frame wiped (the AVI chunk around it intact), all of it or all but SOI
+        end = data.find(b"\xff\xd9", soi[k]) + 2
+        a = soi[k] + (0 if k % 2 else 2)
+        data[a:end] = b"\0" * (end - a)
+    cut = 350
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(bytes(data[: soi[cut] + 100]))  # frames from 350 on are gone
+    src = Source(bad)
+    with unideploy.load(model_for(tiny, "onnxruntime"), conf=0.05) as p:
+        outs = list(p.stream(src))
+        frames = [o.item.frame for o in outs]
+        expected = [k for k in range(cut) if k not in corrupt]
+        assert frames == expected
+        assert all(o.ok for o in outs)
+        st = src.stats
+        assert (st.decoded, st.skipped, st.expected, st.ended_early) == (len(expected), len(corrupt), n, True)
+        assert f"ended early after frame {cut} of {n} expected" in st.describe()
+        cap = cv2.VideoCapture(str(clean))
+        good = [cap.read()[1] for _ in range(cut)]
+        cap.release()
+        for o in outs[::25]:
+            _same(o.result, p(good[o.item.frame]), f"frame {o.item.frame}")

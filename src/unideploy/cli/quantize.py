@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     level = nncf_log.level
     if not args.debug:
         nncf_log.setLevel(logging.WARNING)
+    gate = f", accuracy control to --max-drop {args.max_drop} on {args.data}" if args.max_drop is not None else ""
+    if sys.stderr.isatty():  # a progress note for people; logs and pipes get only the result
+        print(f"quantizing {args.model} for {args.backend} (up to {args.samples} calibration images{gate}); "
+              f"this takes a while on a CPU ...", file=sys.stderr, flush=True)
     try:
         with quiet:
             result = quantize(args.model, args.calib, backend=args.backend, method=args.method, samples=args.samples,

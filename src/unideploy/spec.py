@@ -70,7 +70,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.imgsz is not None:
             self.imgsz = _pair(self.imgsz, "imgsz")
-        self.names = {int(k): str(v) for k, v in (self.names or {}).items()}
+        self.names = dict(sorted((int(k), str(v)) for k, v in (self.names or {}).items()))  # JSON keys sort as text
         self.mean = tuple(float(x) for x in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(x) for x in self.std)  # type: ignore[assignment]
         if self.task not in ("detect", "classify"):

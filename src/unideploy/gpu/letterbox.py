@@ -28,35 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..ops.letterbox import LetterboxInfo
+from ..ops.letterbox import LetterboxInfo, letterbox_geometry  # noqa: F401  (re-exported)
 
 COEF_BITS = 11
 COEF_SCALE = 1 << COEF_BITS
-
-
-def letterbox_geometry(h0: int, w0: int, new_shape: tuple[int, int], *, center: bool = True,
-                       scaleup: bool = True) -> tuple[LetterboxInfo, tuple[int, int, int, int]]:
-    """Ultralytics' letterbox arithmetic: (info, (top, bottom, left, right)); same numbers as ``ops.letterbox``.
-
-    Example:
-        >>> info, (top, bottom, left, right) = letterbox_geometry(480, 640, (640, 640))
-        >>> info.new_unpad, top, bottom
-        ((640, 480), 80, 80)
-    """
-    r = min(new_shape[0] / h0, new_shape[1] / w0)
-    if not scaleup:
-        r = min(r, 1.0)
-    new_unpad = (max(round(w0 * r), 1), max(round(h0 * r), 1))
-    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
-    if center:
-        dw /= 2
-        dh /= 2
-        top, bottom = round(dh - 0.1), round(dh + 0.1)
-        left, right = round(dw - 0.1), round(dw + 0.1)
-    else:
-        top, bottom, left, right = 0, int(dh), 0, int(dw)
-    info = LetterboxInfo((h0, w0), new_unpad, (left, top), (new_unpad[0] / w0, new_unpad[1] / h0))
-    return info, (top, bottom, left, right)
 
 
 @lru_cache(maxsize=512)

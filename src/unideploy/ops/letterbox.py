@@ -38,6 +38,38 @@ class LetterboxInfo:
         return cls(tuple(d["orig_shape"]), tuple(d["new_unpad"]), tuple(d["pad"]), tuple(d["gain"]))  # type: ignore[arg-type]
 
 
+def letterbox_geometry(
+    h0: int, w0: int, new_shape: tuple[int, int], *, center: bool = True, scaleup: bool = True, floor: bool = False
+) -> tuple[LetterboxInfo, tuple[int, int, int, int]]:
+    """Ultralytics' letterbox arithmetic for an (h0, w0) image: (info, (top, bottom, left, right) padding).
+
+    Shared by :func:`letterbox` (OpenCV) and the tensor letterbox of :mod:`unideploy.gpu`, so both place
+    pixels identically. ``floor`` truncates the resized size (YOLOX) instead of rounding (Ultralytics).
+
+    Example:
+        >>> info, (top, bottom, left, right) = letterbox_geometry(480, 640, (640, 640))
+        >>> info.new_unpad, top, bottom
+        ((640, 480), 80, 80)
+    """
+    r = min(new_shape[0] / h0, new_shape[1] / w0)
+    if not scaleup:
+        r = min(r, 1.0)
+    if floor:
+        new_unpad = (max(int(w0 * r), 1), max(int(h0 * r), 1))
+    else:
+        new_unpad = (max(round(w0 * r), 1), max(round(h0 * r), 1))
+    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
+    if center:
+        dw /= 2
+        dh /= 2
+        top, bottom = round(dh - 0.1), round(dh + 0.1)
+        left, right = round(dw - 0.1), round(dw + 0.1)
+    else:
+        top, bottom, left, right = 0, int(dh), 0, int(dw)
+    info = LetterboxInfo((h0, w0), new_unpad, (left, top), (new_unpad[0] / w0, new_unpad[1] / h0))
+    return info, (top, bottom, left, right)
+
+
 def letterbox(
     img: np.ndarray,
     new_shape: tuple[int, int],
@@ -69,21 +101,8 @@ def letterbox(
         ((640, 640, 3), (0, 80))
     """
     h0, w0 = img.shape[:2]
-    r = min(new_shape[0] / h0, new_shape[1] / w0)
-    if not scaleup:
-        r = min(r, 1.0)
-    if floor:
-        new_unpad = (max(int(w0 * r), 1), max(int(h0 * r), 1))
-    else:
-        new_unpad = (max(round(w0 * r), 1), max(round(h0 * r), 1))
-    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
-    if center:
-        dw /= 2
-        dh /= 2
-        top, bottom = round(dh - 0.1), round(dh + 0.1)
-        left, right = round(dw - 0.1), round(dw + 0.1)
-    else:
-        top, bottom, left, right = 0, int(dh), 0, int(dw)
+    info, (top, bottom, left, right) = letterbox_geometry(h0, w0, new_shape, center=center, scaleup=scaleup, floor=floor)
+    new_unpad = info.new_unpad
     if (w0, h0) != new_unpad:
         img = cv2.resize(img, new_unpad, interpolation=interpolation)
     if img.ndim == 2:
@@ -94,7 +113,6 @@ def letterbox(
         out = np.full((new_shape[0], new_shape[1], img.shape[2]), pad_value, dtype=img.dtype)
         out[top : top + new_unpad[1], left : left + new_unpad[0]] = img
         img = out
-    info = LetterboxInfo((h0, w0), new_unpad, (left, top), (new_unpad[0] / w0, new_unpad[1] / h0))
     return img, info
 
 

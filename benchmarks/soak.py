@@ -23,7 +23,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from unideploy.bench.timers import open_fds, os_threads  # noqa: E402  (shared process probes)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -41,20 +42,6 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def os_threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-def open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import has_module
+from unideploy.bench.timers import open_fds, os_threads  # noqa: F401  (shared process probes)
 
 TINY_IMGSZ = 64
 _BUILT: dict[str, dict[str, Path]] = {}
@@ -52,23 +53,6 @@ def rss_mb() -> float:
         import psutil
 
         return psutil.Process().memory_info().rss / 1e6
-
-
-def os_threads() -> int:
-    """Threads of this process as the kernel sees them (runtime pools included), or Python's count off Linux."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-def open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        import psutil
-
-        return psutil.Process().num_fds()
 
 
 def snapshot() -> dict[str, float]:

@@ -88,6 +88,34 @@ def rss_mb() -> float | None:
         return None
 
 
+def os_threads() -> int:
+    """Threads of this process as the kernel sees them (runtime pools included), or Python's count off Linux.
+
+    Example:
+        >>> os_threads() >= 1
+        True
+    """
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
+def open_fds() -> int:
+    """Open file descriptors of this process (psutil off Linux; -1 when neither works)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        try:
+            import psutil
+
+            return psutil.Process().num_fds()
+        except Exception:
+            return -1
+
+
 def peak_rss_mb() -> float | None:
     """Peak resident set size of this process so far, in MiB.
 

@@ -215,9 +215,7 @@ print("RESULT " + json.dumps({"before": before, "after": snap(), "heavy": sorted
 def test_create_close_100_times(tiny, files, backend):
     """In a fresh process (no torch, no other test's threads): 10 warm-up + 100 measured create/predict/abandon a
     stream/close cycles; a native crash fails this test instead of the whole session."""
-    import json
     import signal
-    import subprocess
 
     model = model_for(tiny, backend)
     proc = subprocess.run(

@@ -254,3 +254,25 @@ def test_close_from_another_thread_ends_the_stream_with_an_error(probe, backend)
     assert not t.is_alive()
     assert outcome["end"].startswith("BackendError") and "closed while a stream was reading" in outcome["end"], outcome
     assert unideploy_threads() == []
+
+
+@pytest.mark.parametrize("model", ["src/unideploy/assets/demo/shapes_yolov8.onnx", "examples/shapes_crop_cls.onnx"])
+def test_stream_batches_equal_per_image_tensors(model):
+    """The stream keeps uint8 letterboxed images in its look-ahead and builds each float batch in place
+    (into a reused buffer): bit-identical to stacking the per-image tensors, padding included."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / model
+    rng = np.random.default_rng(3)
+    with unideploy.load(path) as pred:
+        imgs = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(90, 200), (480, 640), (50, 50)]]
+        resized = [pred.prepare(im)[0] for im in imgs]
+        ref = np.stack([pred.preprocess(im)[0] for im in imgs])
+        got = pred.adapter.to_batch(resized)
+        assert got.dtype == ref.dtype and np.array_equal(got, ref)
+        padded = pred.adapter.to_batch(resized, 5)
+        assert padded.shape[0] == 5 and np.array_equal(padded[:3], ref) and not padded[3:].any()
+        buf = np.full(ref.shape, np.nan, np.float32)
+        assert pred.adapter.to_batch(resized, out=buf) is buf and np.array_equal(buf, ref)
+        wrong = np.zeros((1, 3, 8, 8), np.float32)  # a buffer of another shape is not written into
+        assert pred.adapter.to_batch(resized, out=wrong) is not wrong

@@ -220,14 +220,20 @@ class Predictor:
                             batch=inp.shape[0])
 
     # -- core -------------------------------------------------------------------------------------
-    def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+    def prepare(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """The geometric half of preprocessing: a BGR image -> the resized (letterboxed) uint8 image and its mapping."""
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
         if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
             raise InputError(f"image array must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
         if img.shape[2] == 4:
             img = img[..., :3]
-        return self.adapter.preprocess(img)
+        return self.adapter.resize(img)
+
+    def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """One BGR image -> (model input without the batch axis, mapping)."""
+        resized, info = self.prepare(img)
+        return self.adapter.to_tensor(resized), info
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run the session on a preprocessed batch, padding to a fixed batch size if needed."""
@@ -321,6 +327,8 @@ class Predictor:
         n_req = max(1, int(requests or self.requests))
         # slots in input order: ("err", Outcome) | ("batch", Future[results], rows) | ("exc", exception)
         out_q: queue.Queue = queue.Queue(maxsize=n_req + 2)
+        pool: list[np.ndarray] = []  # input batch buffers the runtime has finished with
+        pool_lock = threading.Lock()
         times = self.times
 
         def put(entry: tuple) -> bool:
@@ -332,20 +340,24 @@ class Predictor:
                     continue
             return False
 
-        def load(item: Item) -> tuple[np.ndarray, np.ndarray, LetterboxInfo]:
+        def load(item: Item) -> tuple[np.ndarray | None, np.ndarray, LetterboxInfo, float]:
             if stop.is_set():
                 raise _Stopped()
             t0 = time.perf_counter()
             img = item.load()
             t1 = time.perf_counter()
-            x, info = self.preprocess(img)
+            resized, info = self.prepare(img)
             t2 = time.perf_counter()
             times.decode.append(t1 - t0)
-            times.preprocess.append(t2 - t1)
-            return img, x, info
+            # the look-ahead holds model-sized uint8 images only: the decoded frame is dropped here unless the
+            # caller wants it back (up to 6 MB at 1080p), the float tensor is made per batch in flush()
+            return (img if keep_images else None), resized, info, t2 - t1
 
-        def post(fut: Future, rows: list[tuple[Item, np.ndarray | None, LetterboxInfo]]) -> list[Any]:
+        def post(fut: Future, rows: list[tuple[Item, np.ndarray | None, LetterboxInfo]], x: np.ndarray) -> list[Any]:
             out = _wait(fut, stop)
+            with pool_lock:  # the runtime is done with the input: its buffer serves a later batch
+                if len(pool) <= n_req:
+                    pool.append(x)
             n = len(rows)
             t_inf = getattr(fut, "finished", 0.0) - getattr(fut, "started", 0.0)
             if self.fixed_batch and n < self.fixed_batch:
@@ -357,19 +369,24 @@ class Predictor:
             times.postprocess.append((t2 - t1) / n)
             return res
 
-        def flush(rows: list[tuple[Item, np.ndarray, np.ndarray, LetterboxInfo]]) -> bool:
-            x = np.stack([r[2] for r in rows])
-            if self.fixed_batch and len(rows) < self.fixed_batch:
-                x = np.concatenate([x, np.zeros((self.fixed_batch - len(rows), *x.shape[1:]), x.dtype)])
+        # rows: (item, decoded image or None, resized uint8 image, mapping, resize seconds)
+        def flush(rows: list[tuple[Item, np.ndarray | None, np.ndarray, LetterboxInfo, float]]) -> bool:
+            t0 = time.perf_counter()
+            with pool_lock:
+                buf = pool.pop() if pool else None
+            x = self.adapter.to_batch([r[2] for r in rows], self.fixed_batch, out=buf)
+            share = (time.perf_counter() - t0) / len(rows)
+            for r in rows:
+                times.preprocess.append(r[4] + share)
             fut = runner.submit({self.session.inputs[0].name: x})
             kept = [(r[0], r[1] if keep_images else None, r[3]) for r in rows]
-            return put(("batch", post_pool.submit(post, fut, kept), kept))
+            return put(("batch", post_pool.submit(post, fut, kept, x), kept))
 
         def dispatch() -> None:
             try:
                 window: deque[tuple[Item, Future]] = deque()
                 it = iter(src)
-                rows: list[tuple[Item, np.ndarray, np.ndarray, LetterboxInfo]] = []
+                rows: list[tuple[Item, np.ndarray | None, np.ndarray, LetterboxInfo, float]] = []
                 exhausted = False
                 while not stop.is_set():
                     while not exhausted and len(window) < ahead:
@@ -383,7 +400,7 @@ class Predictor:
                         break
                     item, fut = window.popleft()
                     try:
-                        img, x, info = _wait(fut, stop)
+                        img, resized, info, prep_s = _wait(fut, stop)
                     except UnideployError as e:
                         if rows and not flush(rows):  # keep input order: what precedes the failure goes first
                             return
@@ -391,7 +408,7 @@ class Predictor:
                         if not put(("err", Outcome(item, error=e))):
                             return
                         continue
-                    rows.append((item, img, x, info))
+                    rows.append((item, img, resized, info, prep_s))
                     if len(rows) == self.batch:
                         if not flush(rows):
                             return

@@ -240,7 +240,7 @@ def server(ray_local, model):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
-        build_app(model, max_upload_mb=0.5, max_images=4, max_batch_size=4, batch_wait_s=0.05, conf=0.25),
+        build_app(model, max_upload_mb=0.5, max_images=4, max_batch_size=4, batch_wait_s=0.05, max_queue=4, conf=0.25),
         name="unideploy",
         route_prefix="/",
     )
@@ -320,3 +320,38 @@ def test_serve_bad_input_is_4xx(server, image_dir):
     assert requests.put(server + "/predict", data=b"x", timeout=30).status_code == 405
     # the server is still fine afterwards
     assert requests.post(server + "/predict", files={"file": ("ok.jpg", jpg)}, timeout=60).status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_sheds_load_with_503_retry_after(server, image_dir):
+    """More requests at once than the bounded queue holds: the extra ones get 503 + Retry-After, the rest 200."""
+    import requests
+
+    jpg = sorted(image_dir.glob("*.jpg"))[0].read_bytes()
+    answers: list[tuple[int, str | None, dict]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(32)
+
+    def post() -> None:
+        start.wait()
+        r = requests.post(server + "/predict", files={"file": ("a.jpg", jpg)}, timeout=120)
+        with lock:
+            answers.append((r.status_code, r.headers.get("Retry-After"), r.json()))
+
+    threads = [threading.Thread(target=post) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert len(answers) == 32
+    codes = sorted({a[0] for a in answers})
+    assert codes == [200, 503], codes
+    for status, retry, body in answers:
+        if status == 503:
+            assert retry is not None and int(retry) >= 1, retry
+            assert "server busy" in body["error"] and "limit 4" in body["error"], body
+        else:
+            assert len(body["results"]) == 1
+    # shedding leaves nothing behind: the queue is empty again and the server answers
+    assert requests.get(server + "/", timeout=30).json()["in_flight"] == 0
+    assert requests.post(server + "/predict", files={"file": ("a.jpg", jpg)}, timeout=60).status_code == 200

@@ -283,6 +283,10 @@ def test_cli_model_sha256(tiny, tmp_path, capsys):
     assert main(["predict", str(model), str(img), "--model-sha256", "sha256:" + "e" * 64]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SHA-256 is" in err[0] and "e" * 64 in err[0], err
+    # serve checks the pin where it starts, before any Ray process or replica exists
+    assert main(["serve", str(model), "--model-sha256", "e" * 64]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "SHA-256 is" in err[-1] and "e" * 64 in err[-1], err
 
 
 def test_native_engine_is_pinned_before_its_runtime_is_needed(tmp_path, monkeypatch):

@@ -17,6 +17,10 @@ Concurrent requests are batched by ``serve.batch`` (up to ``max_batch_size`` ima
 or too many images, 415 for an unsupported content type, 400 for a body that is not valid multipart / JSON /
 base64 or an image that cannot be decoded (the message names the part), 404 / 405 for other routes/methods.
 
+The queue is bounded: a replica holds at most ``max_queue`` requests in flight; one more is answered at once,
+before its body is read, with 503 and a ``Retry-After`` header (seconds: the requests ahead times the recent
+time per image, at least 1), so an overloaded server sheds load instead of growing its memory and latency.
+
 Example:
     >>> from unideploy.serving import serve_model
     >>> serve_model("model.onnx", port=8000, max_upload_mb=10)  # doctest: +SKIP
@@ -28,7 +32,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
+import time
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
@@ -38,6 +44,7 @@ from .errors import InputError
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_IMAGES = 16
+DEFAULT_MAX_QUEUE = 64
 
 
 class RequestError(InputError):
@@ -150,6 +157,14 @@ def result_json(name: str, det: Any) -> dict[str, Any]:
     }
 
 
+def _check_pins(model: str | os.PathLike, load_kwargs: dict[str, Any]) -> None:
+    """Pinned digests are checked where the server starts, with a one-line error, not in a replica that never comes up."""
+    if load_kwargs.get("sha256"):
+        from .security import verify_sha256
+
+        verify_sha256(model, load_kwargs["sha256"])
+
+
 def build_app(
     model: str | os.PathLike,
     *,
@@ -157,6 +172,7 @@ def build_app(
     max_images: int = DEFAULT_MAX_IMAGES,
     max_batch_size: int = 8,
     batch_wait_s: float = 0.01,
+    max_queue: int = DEFAULT_MAX_QUEUE,
     num_replicas: int = 1,
     num_cpus: float = 1,
     num_gpus: float = 0,
@@ -169,6 +185,7 @@ def build_app(
         max_upload_mb: request bodies above this are refused with 413 (checked on Content-Length and while reading).
         max_images: images per request.
         max_batch_size, batch_wait_s: dynamic batching of concurrent requests.
+        max_queue: requests a replica holds in flight; beyond it, 503 with ``Retry-After``.
         num_replicas, num_cpus, num_gpus: replicas and the resources of each.
         **load_kwargs: for :func:`unideploy.load` (conf, iou, backend, device, threads, ...).
 
@@ -179,11 +196,14 @@ def build_app(
     from .distributed import require_ray
 
     require_ray()
+    if int(max_queue) < 1:
+        raise InputError(f"max_queue must be a positive number of requests, got {max_queue}")
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
     model = str(Path(model).resolve())
+    _check_pins(model, load_kwargs)
     limit = int(max_upload_mb * 1024 * 1024)
     if num_cpus and "threads" not in load_kwargs and not num_gpus:
         load_kwargs["threads"] = max(1, int(num_cpus))
@@ -193,6 +213,8 @@ def build_app(
             from unideploy.pipeline import load
 
             self.predictor = load(model, **load_kwargs)
+            self.in_flight = 0  # admitted requests; the replica's event loop is single-threaded
+            self.s_per_image = 0.05  # running estimate for Retry-After
             self.predict_batch.set_max_batch_size(int(max_batch_size))
             self.predict_batch.set_batch_wait_timeout_s(float(batch_wait_s))
 
@@ -204,11 +226,24 @@ def build_app(
             for k, (_, opts) in enumerate(jobs):
                 groups.setdefault(json.dumps(opts, sort_keys=True), []).append(k)
             res: dict[int, Any] = {}
+            t0 = time.perf_counter()
             for key, idx in groups.items():
                 for k, r in zip(idx, self.predictor.predict_arrays([jobs[k][0] for k in idx], **json.loads(key))):
                     res[k] = r
             out = [res[k] for k in range(len(jobs))]
+            self.s_per_image = 0.8 * self.s_per_image + 0.2 * (time.perf_counter() - t0) / len(jobs)
             return out
+
+        def busy(self) -> JSONResponse | None:
+            if self.in_flight < max_queue:
+                return None
+            retry = max(1, math.ceil(self.in_flight * self.s_per_image))
+            return JSONResponse(
+                {"error": f"server busy: {self.in_flight} requests in flight (limit {max_queue}); "
+                          f"retry after {retry} s"},
+                status_code=503,
+                headers={"Retry-After": str(retry)},
+            )
 
         def info(self) -> dict[str, Any]:
             p = self.predictor
@@ -221,6 +256,8 @@ def build_app(
                 "max_upload_mb": max_upload_mb,
                 "max_images": max_images,
                 "max_batch_size": max_batch_size,
+                "max_queue": max_queue,
+                "in_flight": self.in_flight,
             }
 
         async def __call__(self, request: Request) -> JSONResponse:
@@ -241,6 +278,13 @@ def build_app(
                     raise RequestError(405, f"method {request.method} not allowed; use POST /predict")
                 if path not in ("/", "/predict"):
                     raise RequestError(404, f"no route POST {path}; use POST /predict")
+                shed = self.busy()
+                if shed is not None:
+                    return shed
+            except RequestError as e:
+                return JSONResponse({"error": str(e)}, status_code=e.status)
+            self.in_flight += 1
+            try:
                 declared = request.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise RequestError(
@@ -271,6 +315,8 @@ def build_app(
                 )
             except RequestError as e:
                 return JSONResponse({"error": str(e)}, status_code=e.status)
+            finally:
+                self.in_flight -= 1
 
     opts: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
@@ -280,7 +326,8 @@ def build_app(
         name="unideploy",
         num_replicas=int(num_replicas),
         ray_actor_options=opts,
-        max_ongoing_requests=max(16, 2 * int(max_batch_size)),
+        # above max_queue, so that the replica itself sees (and answers 503 to) the requests it will not take
+        max_ongoing_requests=int(max_queue) + max(16, 2 * int(max_batch_size)),
     )
     return dep.bind()
 
@@ -302,6 +349,7 @@ def serve_model(
     """
     from .distributed import init
 
+    _check_pins(model, kwargs)
     init(address)
     from ray import serve
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_flags
+from .common import add_model_flags, predictor_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
     p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batching: images per model call (default 8)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="dynamic batching: longest wait (default 10 ms)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests a replica holds in flight; more get 503 with Retry-After (default 64)")
     p.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica (default 0)")
@@ -39,11 +41,14 @@ def run(args: argparse.Namespace) -> int:
     for name, v in (("conf", args.conf), ("iou", args.iou)):
         if not 0.0 <= v <= 1.0:
             raise InputError(f"--{name} must be between 0 and 1, got {v}")
-    if args.max_upload_mb <= 0 or args.max_images < 1 or args.max_batch_size < 1 or args.replicas < 1:
-        raise InputError("--max-upload-mb, --max-images, --max-batch-size and --replicas must be positive")
-    kw = dict(backend=args.backend, device=args.device, imgsz=args.imgsz, family=args.family)
-    if args.threads:
-        kw["threads"] = args.threads
+    sizes = (args.max_upload_mb, args.max_images, args.max_batch_size, args.max_queue, args.replicas)
+    if min(sizes) <= 0:
+        raise InputError(
+            "--max-upload-mb, --max-images, --max-batch-size, --max-queue and --replicas must be positive, got "
+            + ", ".join(f"{v:g}" for v in sizes)
+        )
+    # the same model flags as predict: --model-sha256, --trust-pickle, --precision reach the replicas' load()
+    kw = predictor_kwargs(args)
     print(f"serving {args.model} on http://{args.host}:{args.port}/predict (Ctrl-C to stop)", file=sys.stderr)
     serve_model(
         args.model,
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         max_batch_size=args.max_batch_size,
         batch_wait_s=args.batch_wait_ms / 1000,
+        max_queue=args.max_queue,
         num_replicas=args.replicas,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,

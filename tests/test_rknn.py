@@ -76,28 +76,31 @@ def test_export_then_simulate_matches_onnxruntime(yolo_models, image_dir, tmp_pa
         assert pred.session.mode == "simulator"
         assert pred.session.inputs[0].shape == (1, 320, 320, 3)
         ours = pred(files)
-    from parity import assert_same_detections
-
-    if dtype == "int8":  # the double runs INT8 models in float: the pipeline must give ORT's detections exactly
-        for f, o, r in zip(files, ours, ref):
-            assert_same_detections(o, r.xyxy, r.confidence, r.class_id, px=1e-3, score_tol=1e-6, where=f.name)
-    else:  # fp16 outputs: boxes near the threshold may flip; 98% of ORT's boxes must be found within 1 px
-        found = total = 0
-        for o, r in zip(ours, ref):
-            total += len(r)
-            if len(o) and len(r):
-                close = (np.abs(o.xyxy[:, None] - r.xyxy[None]).max(-1) <= 1.0) & (o.class_id[:, None] == r.class_id[None])
-                found += int(close.any(0).sum())
-        assert total > 20 and found >= 0.98 * total, f"{found}/{total}"
+    # fp16 outputs: boxes near the threshold may flip; 98% of ORT's boxes must be found within 1 px. INT8: the
+    # double quantizes each output to 8 bits; the head's Concat is split off (box pixels and 0-1 scores get
+    # their own scales; one shared scale would zero every score), so 90% are found within 2 model-input pixels
+    # (a 1.25 px quantization step on 0-320 box coordinates, scaled back to the image).
+    if dtype == "int8":
+        assert len(spec.extra["rknn"]["split_outputs"]) == 2 and spec.extra["rknn"]["concat_axis"] == 1
+    found = total = 0
+    for o, r in zip(ours, ref):
+        total += len(r)
+        px = 1.0 if dtype == "fp16" else 2.0 * max(r.image_shape) / 320
+        if len(o) and len(r):
+            close = (np.abs(o.xyxy[:, None] - r.xyxy[None]).max(-1) <= px) & (o.class_id[:, None] == r.class_id[None])
+            found += int(close.any(0).sum())
+    assert total > 20 and found >= (0.98 if dtype == "fp16" else 0.90) * total, f"{found}/{total}"
 
 
 @pytest.mark.slow
-def test_board_runtime_with_rknnlite(yolo_models, image_dir, tmp_path, toolkit_double, monkeypatch):
+def test_board_runtime_with_rknnlite(yolo_models, image_dir, tmp_path, toolkit_double, monkeypatch, request):
     src = yolo_models["yolov8n"]["onnx"]
     out = convert_export(src, to="rknn", out=tmp_path / "m.rknn", target="rk3588")
     monkeypatch.syspath_prepend(str(DOUBLES))
     for name in [m for m in sys.modules if m.startswith(("rknnlite", "rknn_model"))]:
         monkeypatch.delitem(sys.modules, name)
+    # find_spec("rknnlite") consults sys.modules: a leaked double would put later tests in board mode
+    request.addfinalizer(lambda: [sys.modules.pop(m) for m in list(sys.modules) if m.startswith(("rknnlite", "rknn_model"))])
     from rknnlite.api import RKNNLite
 
     RKNNLite.calls.clear()
@@ -136,3 +139,16 @@ def test_real_toolkit_simulator(yolo_models, image_dir, tmp_path):
     assert sum(len(o) for o in ours) > 0
     matched = sum(min(len(o), len(r)) for o, r in zip(ours, ref))
     assert matched > 0.5 * sum(len(r) for r in ref)
+
+
+@pytest.mark.slow
+def test_compare_feeds_an_nhwc_uint8_candidate_its_own_encoding(yolo_models, image_dir, tmp_path, toolkit_double):
+    """An .rknn takes the letterboxed image as uint8 NHWC (normalisation inside): compare's tensor level gives it
+    the same letterboxed image in that encoding instead of failing on the float NCHW tensor."""
+    src = yolo_models["yolov8n"]["onnx"]
+    out = convert_export(src, to="rknn", out=tmp_path / "m.rknn", target="rk3588", dtype="fp16")
+    res = unideploy.compare(str(src), f"{out}@rknn", image_dir, samples=3)
+    assert any("own input encoding" in n for n in res.notes), res.notes
+    assert not any(c.level == "tensor" and c.name == "input" for c in res.checks)
+    (t,) = res.tensors
+    assert t.shape == (1, 84, 2100) and t.to_dict()["cosine_min"] > 0.999

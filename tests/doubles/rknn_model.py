@@ -38,6 +38,8 @@ class Compiled:
         outs = self.sess.run(None, {self.inp.name: xf})
         if self.dtype == "fp16":  # the NPU computes in fp16
             outs = [o.astype(np.float16).astype(np.float32) for o in outs]
+        else:  # int8: one asymmetric 8-bit scale per output tensor
+            outs = [quantize_u8(o) for o in outs]
         return outs
 
     def save(self, path: str) -> None:
@@ -55,6 +57,14 @@ class Compiled:
         if d.get("magic") != MAGIC:
             return None
         return cls(base64.b64decode(d["onnx_b64"]), d["mean"], d["std"], d["target"], d["dtype"])
+
+
+def quantize_u8(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return x.astype(np.float32)
+    step = (hi - lo) / 255.0
+    return (np.round((x - lo) / step) * step + lo).astype(np.float32)
 
 
 def fail(call: str) -> bool:

@@ -57,6 +57,9 @@ class RknnSession(Session):
         self.inputs = [TensorInfo("images", (1, int(h), int(w), 3), np.dtype(np.uint8))]
         self._worker = None
         self._lite = None
+        info = (side.get("extra") or {}).get("rknn") or {}
+        self._split = info.get("split_outputs")  # INT8 graphs end before the head's Concat: join the parts again
+        self._axis = int(info.get("concat_axis") or 1)
         if importlib.util.find_spec("rknnlite") is not None and options.get("simulator") is not True:
             self._open_board(device)
         else:
@@ -103,9 +106,12 @@ class RknnSession(Session):
 
                 spec = ModelSpec.from_dict({k: v for k, v in side.items() if k != "extra"} | {"layout": "nchw", "input_dtype": "float32"})
                 dataset = str(calibration_set(spec, info["calib"], int(options.get("calib_count", 100)), worker.tmp))
+            from ..convert.rknn import DISABLE_RULES
+
             worker.request(cmd="build", onnx=str(onnx), target=info["target"], dtype=info["dtype"], dataset=dataset,
                            mean=info["mean"], std=info["std"], out=None, simulate=True,
-                           quantized_algorithm=info.get("quantized_algorithm", "normal"))
+                           quantized_algorithm=info.get("quantized_algorithm", "normal"),
+                           disable_rules=info.get("disable_rules", list(DISABLE_RULES)), outputs=info.get("split_outputs"))
         except BaseException:
             worker.close()
             raise
@@ -117,11 +123,15 @@ class RknnSession(Session):
             outs = self._lite.inference(inputs=[x], data_format="nhwc")
             if outs is None:
                 raise BackendError("RKNNLite.inference returned no outputs")
-            return [np.asarray(o, np.float32) for o in outs]
-        p = self._worker.tmp / "in0.npy"
-        np.save(p, x)
-        rep = self._worker.request(cmd="infer", inputs=[str(p)], data_format="nhwc", out_dir=str(self._worker.tmp))
-        return [np.load(o).astype(np.float32) for o in rep["outputs"]]
+            outs = [np.asarray(o, np.float32) for o in outs]
+        else:
+            p = self._worker.tmp / "in0.npy"
+            np.save(p, x)
+            rep = self._worker.request(cmd="infer", inputs=[str(p)], data_format="nhwc", out_dir=str(self._worker.tmp))
+            outs = [np.load(o).astype(np.float32) for o in rep["outputs"]]
+        if self._split and len(outs) == len(self._split) > 1:
+            outs = [np.concatenate(outs, axis=self._axis)]
+        return outs
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         t0 = time.perf_counter()

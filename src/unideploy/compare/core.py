@@ -433,6 +433,7 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
     accs = [TensorAccumulator(label, th.atol, th.rtol, th.rel_eps) for _, _, label in pairing.pairs]
     shape_errors: dict[int, str] = {}
     tensor_input_error: str | None = None
+    own_encoding = False  # the candidate takes the same letterboxed image in its own input encoding (e.g. RKNN)
     det_acc = DetectionAccumulator(conf, iou, conf - conf_low, worst)
     cls_acc = ClassificationAccumulator()
     unknown_result: str | None = None
@@ -465,10 +466,28 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
             out_cand_same: list[np.ndarray] | None = None
             if do_tensor and tensor_input_error is None:
                 try:
-                    out_cand_same = cand_p.infer(xb)
+                    if own_encoding:
+                        out_cand_same = cand_p.infer(cand_p.preprocess(img)[0][None])
+                    else:
+                        out_cand_same = cand_p.infer(xb)
                 except InputError as e:
-                    tensor_input_error = (f"the candidate cannot take the reference's preprocessed input "
-                                          f"{tuple(xb.shape)} {xb.dtype}: {e}")
+                    # a model that takes the letterboxed image as uint8 NHWC with its normalisation inside
+                    # (RKNN, some OM/TensorRT builds) cannot take the float tensor; when both sides letterbox
+                    # the image identically, its own encoding of that same image is the same input
+                    same_image = not own_encoding and _same_tensor(ref_p.prepare(img)[0], cand_p.prepare(img)[0])
+                    xc_own = cand_p.preprocess(img)[0][None] if same_image else None
+                    try:
+                        out_cand_same = cand_p.infer(xc_own) if xc_own is not None else None
+                    except InputError:
+                        out_cand_same = None
+                    if out_cand_same is None:
+                        tensor_input_error = (f"the candidate cannot take the reference's preprocessed input "
+                                              f"{tuple(xb.shape)} {xb.dtype}: {e}")
+                    else:
+                        own_encoding = True
+                        notes.append(f"tensor level: the candidate takes {tuple(xc_own.shape)} {xc_own.dtype}, not the "
+                                     f"reference's {tuple(xb.shape)} {xb.dtype}; both got the same letterboxed image, "
+                                     f"each in its own input encoding (normalisation per each model's spec)")
             if out_cand_same is not None:
                 for k, (i, j, _) in enumerate(pairing.pairs):
                     if k in shape_errors:

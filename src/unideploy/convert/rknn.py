@@ -13,7 +13,13 @@ records the target, dtype and the ONNX kept beside the model (``<stem>_rknn.onnx
 simulator needs (it cannot run a .rknn file; it rebuilds from the ONNX).
 
 Target options: ``target`` (rk3588, rk3576, rk3568, rk3566, rk3562, rv1103, rv1106, ...), ``dtype`` (fp16 or
-int8), ``calib``, ``calib_count``, ``install``, ``quantized_algorithm`` (normal, mmse, kl_divergence).
+int8), ``calib``, ``calib_count``, ``install``, ``quantized_algorithm`` (normal, mmse, kl_divergence),
+``disable_rules`` (toolkit fusion rules to skip, comma-separated; default ``seperate_conv_rs_split``, which
+rknn-toolkit2 2.5.0 crashes in on the YOLOv8/11 DFL head; ``none`` skips none).
+
+A single output that is a Concat of differently scaled tensors (a YOLO head: box pixels next to 0-1 class
+scores) loses the scores under one INT8 scale, so INT8 models end the graph before that Concat
+(``load_onnx(outputs=...)``, recorded as ``extra.rknn.split_outputs``) and the backend concatenates again.
 
 Example:
     >>> import unideploy
@@ -41,6 +47,7 @@ TOOLKIT = "rknn-toolkit2==2.5.0"  # its own pins come with it: numpy<=1.26.4, on
 TARGETS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1103", "rv1106", "rv1103b", "rv1106b", "rv1126b", "rk2118")
 DTYPES = ("fp16", "int8")
 WORKER = Path(__file__).with_name("rknn_worker.py")
+DISABLE_RULES = ("seperate_conv_rs_split",)  # rknn-toolkit2 2.5.0: IndexError in this rule on the YOLOv8 DFL head
 
 
 def venv_dir() -> Path:
@@ -134,7 +141,8 @@ def rknn_config(spec: ModelSpec) -> tuple[list[list[float]], list[list[float]]]:
 
 def calibration_set(spec: ModelSpec, source: Any, count: int, folder: Path) -> Path:
     """Letterbox ``count`` images of ``source`` with the model's own preprocessing into .npy files (uint8 NHWC RGB)
-    and list them in ``dataset.txt``, the toolkit's calibration format."""
+    (uint8 RGB, (1, 3, H, W): rknn-toolkit2 wants .npy inputs in the ONNX model's NCHW layout) and list them in
+    ``dataset.txt``, the toolkit's calibration format."""
     from ..models.base import Adapter
     from ..sources import Source
 
@@ -150,13 +158,29 @@ def calibration_set(spec: ModelSpec, source: Any, count: int, folder: Path) -> P
         resized, _ = adapter.resize(img)
         rgb = np.ascontiguousarray(resized[..., ::-1]) if spec.channel_order == "rgb" else resized
         p = folder / f"calib{len(lines):04d}.npy"
-        np.save(p, rgb)
+        np.save(p, np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]))  # the toolkit reads .npy as the ONNX's NCHW
         lines.append(str(p))
     if not lines:
         raise InputError(f"no calibration image could be read from {source!r}")
     txt = folder / "dataset.txt"
     txt.write_text("\n".join(lines) + "\n")
     return txt
+
+
+def split_outputs(onnx_path: Path) -> tuple[list[str], int] | None:
+    """The inputs and axis of the Concat that makes a single-output model's output (a YOLO head), else None."""
+    import onnx
+
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    if len(g.output) != 1:
+        return None
+    node = next((n for n in g.node if g.output[0].name in n.output), None)
+    if node is None or node.op_type != "Concat" or len(node.input) < 2:
+        return None
+    axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
+    if axis is None:
+        return None
+    return list(node.input), int(axis)
 
 
 def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
@@ -168,7 +192,7 @@ def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
         BackendError: the toolkit failed (the message names the call and its return code).
     """
     extra = dict(opts.extra)
-    known = {"target", "dtype", "calib", "calib_count", "install", "quantized_algorithm", "verbose"}
+    known = {"target", "dtype", "calib", "calib_count", "install", "quantized_algorithm", "verbose", "disable_rules"}
     unknown = sorted(set(extra) - known)
     if unknown:
         raise InputError(f"unknown rknn option(s) {unknown}; valid: {', '.join(sorted(known))}")
@@ -190,23 +214,32 @@ def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
     shutil.copyfile(onnx_path, kept)
     python = toolkit_python(install=str(extra.get("install", "")).lower() in ("1", "true", "yes"))
     mean, std = rknn_config(spec)
+    rules = extra.get("disable_rules", ",".join(DISABLE_RULES))
+    rules = [r.strip() for r in str(rules).split(",") if r.strip() and r.strip().lower() != "none"]
+    split = split_outputs(kept) if dtype == "int8" else None
+    calib = extra.get("calib")
+    if calib and Path(str(calib)).exists():
+        calib = str(Path(str(calib)).resolve())  # the simulator re-calibrates from it, maybe from another cwd
     worker = ToolkitWorker(python)
     try:
         dataset = None
         if dtype == "int8":
-            dataset = str(calibration_set(spec, extra["calib"], int(extra.get("calib_count", 100)), worker.tmp))
+            dataset = str(calibration_set(spec, calib, int(extra.get("calib_count", 100)), worker.tmp))
         worker.request(cmd="build", onnx=str(kept), target=target, dtype=dtype, dataset=dataset, mean=mean, std=std,
                        out=str(out), quantized_algorithm=extra.get("quantized_algorithm", "normal"),
-                       verbose=bool(extra.get("verbose", False)))
+                       verbose=bool(extra.get("verbose", False)), disable_rules=rules,
+                       outputs=split[0] if split else None)
     finally:
         worker.close()
     d = spec.to_dict()
     d.update(layout="nhwc", input_dtype="uint8", batch=1)
     d["extra"] = {**d.get("extra", {}), "rknn": {"target": target, "dtype": dtype, "onnx": kept.name, "mean": mean,
                                                   "std": std, "quantized_algorithm": extra.get("quantized_algorithm", "normal"),
-                                                  "calib": str(extra.get("calib")) if extra.get("calib") else None}}
+                                                  "calib": str(calib) if calib else None, "disable_rules": rules,
+                                                  "split_outputs": split[0] if split else None,
+                                                  "concat_axis": split[1] if split else None}}
     sidecar_paths(out)[0].write_text(json.dumps(d, indent=2, sort_keys=True))
     return out
 
 
-__all__ = ["TARGETS", "ToolkitWorker", "calibration_set", "onnx_to_rknn", "rknn_config", "toolkit_python"]
+__all__ = ["TARGETS", "ToolkitWorker", "calibration_set", "onnx_to_rknn", "rknn_config", "split_outputs", "toolkit_python"]

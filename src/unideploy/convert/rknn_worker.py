@@ -7,7 +7,8 @@ line on the original stdout (the toolkit's own prints are sent to stderr); array
 Requests::
 
     {"cmd": "build", "onnx": ..., "target": "rk3588", "dtype": "fp16"|"int8", "dataset": txt|null,
-     "mean": [[0,0,0]], "std": [[255,255,255]], "out": "model.rknn"|null, "simulate": bool}
+     "mean": [[0,0,0]], "std": [[255,255,255]], "out": "model.rknn"|null, "simulate": bool,
+     "disable_rules": [...]|null, "outputs": [tensor names]|null}
     {"cmd": "infer", "inputs": ["a.npy"], "data_format": "nhwc", "out_dir": ...}
     {"cmd": "close"}
 
@@ -34,7 +35,12 @@ def main() -> None:
         reply_stream.write(json.dumps(kw) + "\n")
         reply_stream.flush()
 
-    def check(ret, call):
+    def check(fn, call, **kw):
+        try:
+            ret = fn(**kw)
+        except Exception as e:  # the real toolkit raises (ValueError with its traceback) instead of returning -1
+            last = [ln for ln in str(e).strip().splitlines() if ln.strip()][-1:] or [type(e).__name__]
+            raise RuntimeError(json.dumps({"call": call, "ret": None, "why": last[0]})) from None
         if ret != 0:
             raise RuntimeError(json.dumps({"call": call, "ret": ret}))
 
@@ -54,13 +60,18 @@ def main() -> None:
                 if req["dtype"] == "int8":
                     cfg.update(quantized_dtype=req.get("quantized_dtype", "w8a8"),
                                quantized_algorithm=req.get("quantized_algorithm", "normal"))
-                check(rknn.config(**cfg), "rknn.config")
-                check(rknn.load_onnx(model=req["onnx"]), "rknn.load_onnx")
-                check(rknn.build(do_quantization=req["dtype"] == "int8", dataset=req.get("dataset")), "rknn.build")
+                if req.get("disable_rules"):
+                    cfg.update(disable_rules=list(req["disable_rules"]))
+                check(rknn.config, "rknn.config", **cfg)
+                load = dict(model=req["onnx"])
+                if req.get("outputs"):
+                    load.update(outputs=list(req["outputs"]))
+                check(rknn.load_onnx, "rknn.load_onnx", **load)
+                check(rknn.build, "rknn.build", do_quantization=req["dtype"] == "int8", dataset=req.get("dataset"))
                 if req.get("out"):
-                    check(rknn.export_rknn(req["out"]), "rknn.export_rknn")
+                    check(rknn.export_rknn, "rknn.export_rknn", export_path=req["out"])
                 if req.get("simulate"):
-                    check(rknn.init_runtime(), "rknn.init_runtime")  # no target: the x86 simulator
+                    check(rknn.init_runtime, "rknn.init_runtime")  # no target: the x86 simulator
                 reply(ok=True)
             elif cmd == "infer":
                 import numpy as np

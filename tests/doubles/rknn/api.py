@@ -3,8 +3,11 @@
 config -> load_onnx -> build(do_quantization, dataset) -> export_rknn / init_runtime() (x86 simulator) ->
 inference(inputs, data_format) -> release. Enforced: each step needs the previous one; ``build`` with
 quantization needs a dataset file whose lines name existing images/.npy files of the model's input size
-(H, W, 3); the simulator cannot run a model loaded with ``load_rknn`` (as the real toolkit says); targets
-are checked. Accuracy is not emulated: INT8 runs the float model (fp16 rounds outputs to float16).
+(1, 3, H, W) uint8 (the real toolkit reads .npy in the ONNX's NCHW layout); the simulator cannot run a model loaded with ``load_rknn`` (as the real toolkit says); targets
+are checked; ``load_onnx(outputs=[...])`` ends the graph at those tensors (unknown names fail, as in the real
+toolkit). Accuracy is emulated coarsely: fp16 rounds outputs to float16; INT8 quantizes each output tensor to 8 bits
+over its own range (one scale per tensor, as the NPU's per-tensor output quantization does), so an output that
+concatenates box pixels with 0-1 scores loses the scores, the failure the real toolkit shows.
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ class RKNN:
                 self._onnx = f.read()
         except OSError:
             return -1
+        if outputs:
+            import onnx
+
+            m = onnx.shape_inference.infer_shapes(onnx.load_from_string(self._onnx))
+            known = {v.name: v for v in [*m.graph.value_info, *m.graph.output]}
+            missing = [o for o in outputs if o not in known]
+            if missing:
+                print(f"E load_onnx: outputs {missing} are not tensors of the model")
+                return -1
+            del m.graph.output[:]
+            m.graph.output.extend([known[o] for o in outputs])
+            self._onnx = m.SerializeToString()
         return 0
 
     def build(self, do_quantization=False, dataset=None, rknn_batch_size=None):
@@ -60,8 +75,8 @@ class RKNN:
                 return -1
             for ln in lines:
                 arr = np.load(ln) if ln.endswith(".npy") else None
-                if arr is None or arr.shape != (shape[2], shape[3], 3) or arr.dtype != np.uint8:
-                    print(f"E build: dataset entry {ln} is not a {shape[2]}x{shape[3]}x3 uint8 image")
+                if arr is None or arr.shape != (1, 3, shape[2], shape[3]) or arr.dtype != np.uint8:
+                    print(f"E build: dataset entry {ln} shape is wrong, expect 'nchw' like (1, 3, {shape[2]}, {shape[3]}) uint8")
                     return -1
         self._built = compiled
         return 0

@@ -139,8 +139,9 @@ class Session(ABC):
         return feeds
 
     def optimal_requests(self) -> int:
-        """How many runs the runtime suggests keeping in flight for throughput (default 1)."""
-        return 1
+        """How many runs to keep in flight for throughput (default 2: the next batch is queued while one runs;
+        runtimes that know better override it)."""
+        return 2
 
     def async_runner(self, requests: int | None = None) -> AsyncRunner:
         """A runner that keeps up to ``requests`` runs of this session in flight (see :class:`AsyncRunner`).

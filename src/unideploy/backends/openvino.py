@@ -79,7 +79,7 @@ class OpenVINOSession(Session):
         req = self._request()
         t0 = time.perf_counter()
         try:
-            req.infer(feeds)
+            req.infer(feeds, share_inputs=True)
         except Exception as e:
             raise BackendError(f"openvino failed to run {self.path.name}: {str(e).splitlines()[0]}") from None
         self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
@@ -128,7 +128,7 @@ class OpenVINOAsyncRunner(AsyncRunner):
         req = self._idle.get()
         try:
             fut.started = time.perf_counter()
-            req.infer(feeds)
+            req.infer(feeds, share_inputs=True)
             fut.finished = time.perf_counter()
             out = [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
         except BaseException as e:

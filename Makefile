@@ -13,7 +13,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 setup: $(PY)
-	$(PIP) install -q -e ".[openvino,plot]"
+	$(PIP) install -q -e ".[openvino,plot,quantize]"
 
 setup-dev: $(PY)
 	$(PIP) install -q $(TORCH)

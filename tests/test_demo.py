@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -57,3 +58,9 @@ def test_demo_command_writes_report(tmp_path):
         assert row["map50_95"] >= 0.80 and row["images_per_s"] > 0
     assert "mAP50-95" in proc.stdout and (tmp_path / "report.md").exists()
     assert len(list((tmp_path / "onnxruntime-fp32" / "images").iterdir())) == 150
+    if importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino"):
+        # the INT8 row and its box-by-box check against FP32
+        assert {(r["backend"], r["precision"]) for r in report["rows"]} >= {("openvino", "fp32"), ("openvino", "int8")}
+        check = report["int8_vs_fp32"]
+        assert check["ref_boxes"] > 500 and check["matched"] >= 0.9 * check["ref_boxes"], check
+        assert "INT8 vs FP32" in proc.stderr + proc.stdout and "INT8 (OpenVINO" in (tmp_path / "report.md").read_text()

@@ -3,7 +3,10 @@
 The demo model (a YOLOv8n trained on the project's synthetic shapes data set, see tools/DEMO.md) and its
 validation split ship inside the package, so the demo needs no download. For each backend variant it
 predicts the validation images (annotated copies written), evaluates mAP, measures images/s, and writes
-a table (stdout), ``report.json``, ``report.md`` with a bar chart and a grid of annotated images.
+a table (stdout), ``report.json``, ``report.md`` with a bar chart and a grid of annotated images. Where NNCF
+is installed (``unideploy[quantize]``) the OpenVINO IR is also quantized to INT8 (post-training, calibrated
+on the validation images: the demo ships no other split) and run as one more row, and the INT8 model's
+detections are compared box by box with the FP32 model's (``unideploy compare``, task level).
 
 Example:
     >>> from unideploy.demo import run_demo
@@ -61,8 +64,10 @@ def model_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
-def demo_variants(model: Path, out: Path, backends: list[str] | None, log: Callable[[str], None]) -> list[Variant]:
-    """Every variant this machine can run: ONNX Runtime on the ONNX file, OpenVINO on an IR converted once."""
+def demo_variants(model: Path, out: Path, backends: list[str] | None, log: Callable[[str], None],
+                  calib: list[Path] | None = None) -> list[Variant]:
+    """Every variant this machine can run: ONNX Runtime on the ONNX file, OpenVINO on an IR converted once,
+    and that IR quantized to INT8 with ``calib`` images when NNCF is installed."""
     from .backends.registry import get_backend
 
     wanted = backends or ["onnxruntime", "openvino"]
@@ -73,7 +78,12 @@ def demo_variants(model: Path, out: Path, backends: list[str] | None, log: Calla
             log(f"skipping {name}: not installed (pip install 'unideploy[{b.extra}]')")
             continue
         if name == "openvino" and model.suffix == ".onnx":
-            variants.append(Variant(name, "CPU", _openvino_ir(model, out / "models", log)))
+            ir = _openvino_ir(model, out / "models", log)
+            variants.append(Variant(name, "CPU", ir))
+            if calib and ir.suffix == ".xml":
+                int8 = _int8_ir(ir, calib, out / "models", log)
+                if int8 is not None:
+                    variants.append(Variant(name, "CPU", int8, "int8", f"NNCF PTQ, {len(calib)} calibration images"))
         else:
             variants.append(Variant(name, b.default_device, model))
     return variants
@@ -90,6 +100,19 @@ def _openvino_ir(onnx_path: Path, models_dir: Path, log: Callable[[str], None]) 
 
     log(f"converting {onnx_path.name} to OpenVINO IR")
     return Path(export(onnx_path, to="openvino", out=xml.parent))
+
+
+def _int8_ir(ir: Path, calib: list[Path], models_dir: Path, log: Callable[[str], None]) -> Path | None:
+    if importlib.util.find_spec("nncf") is None:
+        log("nncf not installed: no INT8 variant (pip install 'unideploy[quantize]')")
+        return None
+    dest = models_dir / f"{ir.stem}_int8_openvino_model" / f"{ir.stem}_int8.xml"
+    if dest.exists() and dest.stat().st_mtime >= ir.stat().st_mtime:
+        return dest
+    from .quantize import quantize
+
+    log(f"quantizing {ir.name} to INT8 (NNCF, {len(calib)} calibration images)")
+    return Path(quantize(ir, calib, backend="openvino", out=dest, speed=False, write_report=False).path)
 
 
 def _speed(predictor: Any, images: list[Path], repeats: int = 1) -> tuple[float, float]:
@@ -125,7 +148,7 @@ def run_demo(
     dataset = load_dataset(data)
     images = [s.path for s in dataset.samples]
     rows: list[Row] = []
-    for v in demo_variants(model, out, backends, log):
+    for v in demo_variants(model, out, backends, log, calib=images):
         tag = f"{v.backend}-{v.precision}"
         log(f"[{tag}] {v.model.name} on {v.device}: predicting {len(images)} images")
         with load(v.model, backend=v.backend, device=v.device, conf=0.25) as pred:
@@ -144,16 +167,18 @@ def run_demo(
         raise SourceError("no backend is installed to run the demo (install unideploy[openvino] or onnxruntime)")
     table = format_table(rows)
     print(table)
+    int8_check = _int8_vs_fp32(rows, images, log)
     report = {
         "model": str(model), "data": str(data), "rows": [asdict(r) for r in rows],
         "machine": {"system": platform.platform(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "versions": _versions(),
+        "int8_vs_fp32": int8_check,
     }
     atomic_write_json(out / "report.json", report)
     chart = _bar_chart(rows, out / "speed_accuracy.png", log)
     grid = _grid(out / f"{rows[0].backend}-{rows[0].precision}" / "images", out / "predictions_grid.png")
-    atomic_write_text(out / "report.md", _markdown(rows, table, chart, grid, model, data))
+    atomic_write_text(out / "report.md", _markdown(rows, table, chart, grid, model, data, int8_check))
     log(f"report: {out / 'report.md'}")
     return report
 
@@ -221,12 +246,39 @@ def _grid(folder: Path, path: Path, n: int = 9, cell: tuple[int, int] = (240, 32
     return path
 
 
-def _markdown(rows: list[Row], table: str, chart: Path | None, grid: Path | None, model: Path, data: Path) -> str:
+def _int8_vs_fp32(rows: list[Row], images: list[Path], log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The INT8 model's detections against the FP32 model's on the same images (task level of ``compare``)."""
+    fp32 = next((r for r in rows if r.backend == "openvino" and r.precision == "fp32"), None)
+    int8 = next((r for r in rows if r.backend == "openvino" and r.precision == "int8"), None)
+    if fp32 is None or int8 is None:
+        return None
+    from .compare import compare
+
+    res = compare(f"{fp32.model}@openvino", f"{int8.model}@openvino", images, level="task")
+    d = res.to_dict()["detection"]
+    summary = {k: d[k] for k in ("images", "ref_boxes", "cand_boxes", "matched", "missed", "extra", "mean_iou",
+                                 "shift_px_mean", "score_delta_mean", "score_delta_max")}
+    summary.update(passed=res.passed, map50_95_drop=round(fp32.map50_95 - int8.map50_95, 4),
+                   speedup=round(int8.images_per_s / fp32.images_per_s, 2) if fp32.images_per_s else None)
+    log(f"INT8 vs FP32 (OpenVINO): {d['matched']}/{d['ref_boxes']} boxes matched, {d['missed']} missed, "
+        f"{d['extra']} extra, mean IoU {d['mean_iou']:.3f}, mean score delta {d['score_delta_mean']:.4f}; "
+        f"mAP50-95 {summary['map50_95_drop'] * 100:.2f} points lower, {summary['speedup']}x images/s")
+    return summary
+
+
+def _markdown(rows: list[Row], table: str, chart: Path | None, grid: Path | None, model: Path, data: Path,
+              int8: dict[str, Any] | None = None) -> str:
     parts = ["# unideploy demo", "",
              f"Model `{model.name}` on the validation split `{data}` ({rows[0].images} images).", "",
              "```", table, "```", "",
              "ms/img and img/s are end to end (read, decode, preprocess, inference, postprocess) at conf 0.25; "
              "mAP is COCO mAP (pycocotools) at conf 0.001, IoU 0.7, 300 detections per image.", ""]
+    if int8:
+        parts += [f"INT8 (OpenVINO, NNCF post-training, calibrated on these images) against FP32, box by box "
+                  f"(`unideploy compare`, task level): {int8['matched']} of {int8['ref_boxes']} boxes matched, "
+                  f"{int8['missed']} missed, {int8['extra']} extra, mean IoU {int8['mean_iou']:.3f}, mean score "
+                  f"delta {int8['score_delta_mean']:.4f}; mAP50-95 {int8['map50_95_drop'] * 100:.2f} points lower, "
+                  f"{int8['speedup']}x the images/s.", ""]
     if chart:
         parts += [f"![speed and accuracy]({chart.name})", ""]
     if grid:

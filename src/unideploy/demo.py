@@ -158,11 +158,12 @@ def run_demo(
                     sinks.add(o.item.name, o.item.index, o.result, o.image)
             sinks.close()
             ms, ips = _speed(pred, images)
+            compute = _compute_precision(pred.session)
             log(f"[{tag}] evaluating mAP")
             metrics = evaluate_detection(pred, dataset)
         rows.append(Row(v.backend, v.device, v.precision, str(v.model), round(model_size_mb(v.model), 2),
                         metrics["mAP50-95"], metrics["mAP50"], ms, ips, metrics["images"],
-                        {"per_class": metrics["per_class"], "note": v.note}))
+                        {"per_class": metrics["per_class"], "note": v.note, "compute_precision": compute}))
     if not rows:
         raise SourceError("no backend is installed to run the demo (install unideploy[openvino] or onnxruntime)")
     table = format_table(rows)
@@ -183,11 +184,30 @@ def run_demo(
     return report
 
 
+def _compute_precision(session: Any) -> str | None:
+    """What the runtime computes float layers in, where it says (OpenVINO's CPU plugin picks bf16 on CPUs with
+    AMX/AVX512-BF16 unless told otherwise); None where the model file's precision is what runs."""
+    compiled = getattr(session, "compiled", None)
+    try:
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")) if compiled is not None else ""
+    except Exception:  # noqa: BLE001 - a device without the property
+        return None
+    for key, name in (("bfloat16", "bf16"), ("float16", "fp16"), ("float32", "fp32")):
+        if key in hint:
+            return name
+    return None
+
+
+def _precision_label(r: Row) -> str:
+    compute = r.extra.get("compute_precision")
+    return f"{r.precision} ({compute})" if compute and compute != r.precision else r.precision
+
+
 def format_table(rows: list[Row]) -> str:
-    head = f"{'backend':<12} {'device':<7} {'precision':<9} {'size MB':>7} {'mAP50-95':>8} {'mAP50':>6} {'ms/img':>7} {'img/s':>6}"
+    head = f"{'backend':<12} {'device':<7} {'precision':<12} {'size MB':>7} {'mAP50-95':>8} {'mAP50':>6} {'ms/img':>7} {'img/s':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.backend:<12} {r.device:<7} {r.precision:<9} {r.size_mb:>7.2f} {r.map50_95:>8.4f} "
+        lines.append(f"{r.backend:<12} {r.device:<7} {_precision_label(r):<12} {r.size_mb:>7.2f} {r.map50_95:>8.4f} "
                      f"{r.map50:>6.4f} {r.ms_per_image:>7.1f} {r.images_per_s:>6.1f}")
     return "\n".join(lines)
 
@@ -272,7 +292,9 @@ def _markdown(rows: list[Row], table: str, chart: Path | None, grid: Path | None
              f"Model `{model.name}` on the validation split `{data}` ({rows[0].images} images).", "",
              "```", table, "```", "",
              "ms/img and img/s are end to end (read, decode, preprocess, inference, postprocess) at conf 0.25; "
-             "mAP is COCO mAP (pycocotools) at conf 0.001, IoU 0.7, 300 detections per image.", ""]
+             "mAP is COCO mAP (pycocotools) at conf 0.001, IoU 0.7, 300 detections per image. A precision in "
+             "brackets is what the runtime computes float layers in (OpenVINO picks bf16 on CPUs that support it; "
+             "`unideploy predict|eval|bench --precision f32` keeps fp32).", ""]
     if int8:
         parts += [f"INT8 (OpenVINO, NNCF post-training, calibrated on these images) against FP32, box by box "
                   f"(`unideploy compare`, task level): {int8['matched']} of {int8['ref_boxes']} boxes matched, "

@@ -102,12 +102,16 @@ class Adapter:
         if self.spec.input_dtype == "uint8":
             return x
         x = x.astype(np.float32)
+        self._normalise(x)
+        return x.astype(self.spec.input_dtype, copy=False)
+
+    def _normalise(self, x: np.ndarray) -> None:
+        """Scale and mean/std, in place, on float32 NCHW values (one image or a batch)."""
         if self.spec.scale and self.spec.scale != 1:
             x /= np.float32(1 / self.spec.scale)
         if not self._plain:
             x -= self._mean
             x /= self._std
-        return x.astype(self.spec.input_dtype, copy=False)
 
     def to_batch(self, imgs: Sequence[np.ndarray], size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Resized HWC BGR uint8 images -> one model input batch, written in place (no per-image float tensors,
@@ -130,12 +134,7 @@ class Adapter:
             out[k] = img.transpose(2, 0, 1)  # uint8 -> float32 on assignment, exact
         if size and size > n:
             out[n:] = 0
-        x = out[:n]
-        if self.spec.scale and self.spec.scale != 1:
-            x /= np.float32(1 / self.spec.scale)
-        if not self._plain:
-            x -= self._mean
-            x /= self._std
+        self._normalise(out[:n])  # padding rows stay zero
         return out.astype(self.spec.input_dtype, copy=False)
 
     def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:

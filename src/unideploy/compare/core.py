@@ -463,21 +463,23 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
             if first_x is None:
                 first_x = xb
             out_ref = ref_p.infer(xb)
+            # the candidate's own preprocessing of this image, computed once: its input in its own encoding
+            # (tensor level, see below) and the task level's input
+            task = do_task and unknown_result is None
+            xc, info_c = cand_p.preprocess(img) if own_encoding or task else (None, None)
             out_cand_same: list[np.ndarray] | None = None
             if do_tensor and tensor_input_error is None:
                 try:
-                    if own_encoding:
-                        out_cand_same = cand_p.infer(cand_p.preprocess(img)[0][None])
-                    else:
-                        out_cand_same = cand_p.infer(xb)
+                    out_cand_same = cand_p.infer(xc[None] if own_encoding else xb)
                 except InputError as e:
                     # a model that takes the letterboxed image as uint8 NHWC with its normalisation inside
                     # (RKNN, some OM/TensorRT builds) cannot take the float tensor; when both sides letterbox
                     # the image identically, its own encoding of that same image is the same input
                     same_image = not own_encoding and _same_tensor(ref_p.prepare(img)[0], cand_p.prepare(img)[0])
-                    xc_own = cand_p.preprocess(img)[0][None] if same_image else None
+                    if same_image and xc is None:
+                        xc, info_c = cand_p.preprocess(img)
                     try:
-                        out_cand_same = cand_p.infer(xc_own) if xc_own is not None else None
+                        out_cand_same = cand_p.infer(xc[None]) if same_image else None
                     except InputError:
                         out_cand_same = None
                     if out_cand_same is None:
@@ -485,7 +487,7 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
                                               f"{tuple(xb.shape)} {xb.dtype}: {e}")
                     else:
                         own_encoding = True
-                        notes.append(f"tensor level: the candidate takes {tuple(xc_own.shape)} {xc_own.dtype}, not the "
+                        notes.append(f"tensor level: the candidate takes {tuple(xc[None].shape)} {xc.dtype}, not the "
                                      f"reference's {tuple(xb.shape)} {xb.dtype}; both got the same letterboxed image, "
                                      f"each in its own input encoding (normalisation per each model's spec)")
             if out_cand_same is not None:
@@ -499,13 +501,14 @@ def _run(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, sa
                         continue
                     accs[k].shape = accs[k].cand_shape = tuple(b.shape)
                     accs[k].update(a, b)
-            if do_task and unknown_result is None:
-                xc, info_c = cand_p.preprocess(img)
-                if out_cand_same is not None and _same_tensor(xc, x):
+            if task:
+                differs = not _same_tensor(xc, x)
+                preprocess_differs += differs
+                # the tensor level's run is reused when it had this very input (the reference's, or, in the
+                # candidate's own encoding, xc itself)
+                if out_cand_same is not None and (own_encoding or not differs):
                     out_cand = out_cand_same
                 else:
-                    if not _same_tensor(xc, x):
-                        preprocess_differs += 1
                     out_cand = cand_p.infer(xc[None])
                 r = ref_p.adapter.postprocess(out_ref, [info], **ref_opts)[0]
                 c = cand_p.adapter.postprocess(out_cand, [info_c], **cand_opts)[0]

@@ -307,9 +307,7 @@ def _sample_shape(d: Path, info: Any, spec_imgsz: tuple[int, int] | None) -> tup
     if shape:
         shape[0] = 1
     if len(shape) == 4 and spec_imgsz is not None:
-        nhwc = shape[3] in (1, 3) and shape[1] not in (1, 3)
-        hw = (1, 2) if nhwc else (2, 3)
-        for axis, v in zip(hw, spec_imgsz):
+        for axis, v in zip(info.hw_axes(), spec_imgsz):
             if shape[axis] is None:
                 shape[axis] = v
     return None if any(s is None for s in shape) else tuple(shape)

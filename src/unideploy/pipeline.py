@@ -231,9 +231,9 @@ class Predictor:
         inp = self.session.inputs[0]
         if len(inp.shape) != 4:
             raise ModelError(f"input '{inp.name}' has shape {inp.describe()}; expected a 4-D image batch (N,C,H,W) or (N,H,W,C)")
-        nhwc = inp.shape[3] in (1, 3) and inp.shape[1] not in (1, 3)
-        hw = inp.shape[1:3] if nhwc else inp.shape[2:4]
-        static = (hw[0], hw[1]) if None not in hw else None
+        nhwc = inp.hw_axes() == (1, 2)
+        hw = inp.image_hw()
+        static = hw if None not in hw else None
         want = None
         if imgsz is not None:
             want = ModelSpec(imgsz=imgsz).imgsz

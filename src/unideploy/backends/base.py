@@ -48,6 +48,19 @@ class TensorInfo:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
         return f"({dims}) {np.dtype(self.dtype).name}"
 
+    def hw_axes(self) -> tuple[int, int]:
+        """Axes of height and width in a 4-D image input: (1, 2) for NHWC (1 or 3 channels last, not first),
+        else (2, 3) for NCHW."""
+        s = self.shape
+        return (1, 2) if len(s) == 4 and s[3] in (1, 3) and s[1] not in (1, 3) else (2, 3)
+
+    def image_hw(self) -> tuple[int | None, int | None]:
+        """(height, width) of a 4-D image input (None where dynamic); (None, None) for another rank."""
+        if len(self.shape) != 4:
+            return None, None
+        a, b = self.hw_axes()
+        return self.shape[a], self.shape[b]
+
     def accepts(self, arr: np.ndarray) -> bool:
         if arr.dtype != self.dtype or arr.ndim != len(self.shape):
             return False

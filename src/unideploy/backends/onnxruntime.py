@@ -87,12 +87,11 @@ class OnnxRuntimeSession(Session):
         if options.get("inter_threads"):
             so.inter_op_num_threads = int(options["inter_threads"])
         so.log_severity_level = 3
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         # memory patterns pre-plan one block per run for all activations; on the CPU provider that held ~27 MB
         # more peak RSS for YOLOv8n-640 with two runs in flight at under 1% latency (benchmarks/vs_ultralytics.py)
-        cpu_first = (providers[0] if isinstance(providers[0], str) else providers[0][0]) == "CPUExecutionProvider"
         mem_pattern = options.get("mem_pattern")
-        if mem_pattern is not None or cpu_first:
-            so.enable_mem_pattern = bool(mem_pattern) if mem_pattern is not None else False
+        so.enable_mem_pattern = first != "CPUExecutionProvider" if mem_pattern is None else bool(mem_pattern)
         if options.get("spin") is not None:  # busy-waiting intra-op threads: fast alone, harmful on a shared CPU
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["spin"] else "0")
         try:
@@ -107,7 +106,6 @@ class OnnxRuntimeSession(Session):
         self._names = [o.name for o in self.outputs]
         self._ort = ort
         self._binding_device: tuple[str, int] | None = None
-        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if options.get("io_binding") and first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
             dev_id = providers[0][1].get("device_id", 0) if not isinstance(providers[0], str) else 0
             self._binding_device = ("cuda", int(dev_id))
@@ -120,10 +118,7 @@ class OnnxRuntimeSession(Session):
         core, else 1. Other providers: 2."""
         if self.providers and self.providers[0] != "CPUExecutionProvider":
             return 2
-        dims = self.inputs[0].shape if self.inputs else ()
-        h = w = None
-        if len(dims) == 4:
-            h, w = (dims[2], dims[3]) if dims[1] in (1, 3) else (dims[1], dims[2])
+        h, w = self.inputs[0].image_hw() if self.inputs else (None, None)
         pixels = (h or 640) * (w or 640)  # a dynamic size: assume the usual 640
         threads = self._threads or os.cpu_count() or 1
         return 2 if pixels / threads < 100_000 else 1

@@ -157,14 +157,6 @@ def result_json(name: str, det: Any) -> dict[str, Any]:
     }
 
 
-def _check_pins(model: str | os.PathLike, load_kwargs: dict[str, Any]) -> None:
-    """Pinned digests are checked where the server starts, with a one-line error, not in a replica that never comes up."""
-    if load_kwargs.get("sha256"):
-        from .security import verify_sha256
-
-        verify_sha256(model, load_kwargs["sha256"])
-
-
 def build_app(
     model: str | os.PathLike,
     *,
@@ -195,6 +187,11 @@ def build_app(
     """
     from .distributed import require_ray
 
+    model = str(Path(model).resolve())
+    if load_kwargs.get("sha256"):  # checked first, with a one-line error, not in a replica that never comes up
+        from .security import verify_sha256
+
+        verify_sha256(model, load_kwargs["sha256"])
     require_ray()
     if int(max_queue) < 1:
         raise InputError(f"max_queue must be a positive number of requests, got {max_queue}")
@@ -202,8 +199,6 @@ def build_app(
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    model = str(Path(model).resolve())
-    _check_pins(model, load_kwargs)
     limit = int(max_upload_mb * 1024 * 1024)
     if num_cpus and "threads" not in load_kwargs and not num_gpus:
         load_kwargs["threads"] = max(1, int(num_cpus))
@@ -349,12 +344,12 @@ def serve_model(
     """
     from .distributed import init
 
-    _check_pins(model, kwargs)
+    app = build_app(model, **kwargs)  # checks the arguments and pinned digests before Ray starts
     init(address)
     from ray import serve
 
     serve.start(http_options={"host": host, "port": int(port)})
-    serve.run(build_app(model, **kwargs), name="unideploy", route_prefix="/")
+    serve.run(app, name="unideploy", route_prefix="/")
     url = f"http://{host}:{port}/"
     if blocking:
         import signal

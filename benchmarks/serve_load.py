@@ -33,14 +33,6 @@ import numpy as np
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _raw(port: int, head: bytes, body: bytes, read: bool = True, timeout: float = 30) -> tuple[float, bytes]:
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     t0 = time.perf_counter()
@@ -82,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"from unideploy.testing import build_random_yolo; build_random_yolo('yolov8n.yaml', {str(work)!r}, 64)"
             )
             subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
-    from unideploy.testing import scene
+    from unideploy.testing import free_port, scene
 
     jpg = cv2.imencode(".jpg", scene(np.random.default_rng(0), 240, 320))[1].tobytes()
     from unideploy.serving import serve_model
 
-    port = _free_port()
+    port = free_port()
     limit_mb = 1.0
     t0 = time.perf_counter()
     url = serve_model(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 import unideploy
 from unideploy.cli.main import main
 from unideploy.serving import RequestError, check_options, parse_upload
+from unideploy.testing import free_port
 
 # ------------------------------------------------------------------------------ parsing (no Ray needed)
 
@@ -223,21 +223,13 @@ def test_ray_evaluate_equals_single_process(ray_local, model, images, tmp_path):
     assert got["mAP50"] > 0, "random boxes should still match some labels at IoU 0.5"
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, model):
     from ray import serve
 
     from unideploy.serving import build_app
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
         build_app(model, max_upload_mb=0.5, max_images=4, max_batch_size=4, batch_wait_s=0.05, max_queue=4, conf=0.25),

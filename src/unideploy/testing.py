@@ -14,6 +14,15 @@ import cv2
 import numpy as np
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a test or benchmark server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A cluttered BGR image: noisy gradient background plus filled shapes of random colours."""
     yy, xx = np.mgrid[0:h, 0:w]

@@ -18,6 +18,20 @@ TINY_IMGSZ = 64
 _BUILT: dict[str, dict[str, Path]] = {}
 
 
+def fuzz_settings():
+    """Hypothesis settings of the fuzz tests: a fixed budget (``UNIDEPLOY_FUZZ_EXAMPLES``, default 300 examples),
+    reproducible (derandomized, no example database), no deadline or health-check aborts."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 def tiny_model_files(tmp_path_factory) -> dict[str, Path]:
     """{"onnxruntime": .onnx, "openvino": .xml (when installed)} of a 64x64 random-weight YOLOv8n, built once."""
     if "tiny" not in _BUILT:

@@ -28,6 +28,7 @@ from conftest import scene
 from reliability_helpers import (
     BACKENDS,
     apply_orientation,
+    fuzz_settings,
     assert_same_boxes,
     model_for,
     pil_bytes,
@@ -444,7 +445,7 @@ def test_fuzz_image_decoder(tmp_path):
     """Random bytes and mutated real images (flips, cuts, splices, header field rewrites) for a fixed budget:
     decode_image / read_image return a (H, W, 3) uint8 image or raise ImageDecodeError, nothing else."""
     pytest.importorskip("hypothesis")
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import given
     from hypothesis import strategies as st
 
     seeds = _seeds()
@@ -474,13 +475,7 @@ def test_fuzz_image_decoder(tmp_path):
     path = tmp_path / "fuzz.img"
     stats = {"ok": 0, "refused": 0}
 
-    @settings(
-        max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings()
     @given(st.one_of(mutated(), st.binary(max_size=512)))
     def check(data: bytes) -> None:
         for fn in (lambda: decode_image(data, "fuzz"), lambda: (path.write_bytes(data), read_image(path))[1]):

@@ -22,7 +22,7 @@ import pytest
 
 import unideploy
 from conftest import has_module
-from reliability_helpers import BACKENDS, model_for, tiny_model_files
+from reliability_helpers import BACKENDS, fuzz_settings, model_for, tiny_model_files
 from unideploy.cli.main import main
 from unideploy.errors import InputError, ModelError, UnideployError
 from unideploy.security import UnsafeModelError, check_onnx_external_data, onnx_external_refs, verify_sha256
@@ -346,7 +346,7 @@ def test_fuzz_spec_reader_and_model_loading(tiny, tmp_path):
     """Mutated ONNX files, arbitrary metadata values, sidecar JSON and OpenVINO metadata.yaml for a fixed budget:
     read_spec / unideploy.load raise only UnideployError subclasses (or succeed)."""
     pytest.importorskip("hypothesis")
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import given
     from hypothesis import strategies as st
 
     seed = _metadata_model(
@@ -444,13 +444,7 @@ def test_fuzz_spec_reader_and_model_loading(tiny, tmp_path):
 
     seen: dict[str, int] = {}
 
-    @settings(
-        max_examples=int(os.environ.get("UNIDEPLOY_FUZZ_EXAMPLES", "300")),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings()
     @given(cases())
     def check(case) -> None:
         kind, payload = case

@@ -6,7 +6,9 @@ weights produce many boxes of spread-out scores and NMS is exercised.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,8 +18,22 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_cfg_"))
-os.environ.setdefault("UNIDEPLOY_CACHE", tempfile.mkdtemp(prefix="unideploy_cache_"))
+
+
+def _session_dir(var: str, prefix: str) -> None:
+    """Point `var` at a fresh temporary folder unless already set; the folder is removed when this process exits.
+
+    Child processes inherit the variable and reuse the folder. Each pytest run used to leave two folders in /tmp
+    (the model cache grew by ~100 MB a run), and CI shares its disk.
+    """
+    if not os.environ.get(var):
+        d = tempfile.mkdtemp(prefix=prefix)
+        os.environ[var] = d
+        atexit.register(shutil.rmtree, d, True)
+
+
+_session_dir("YOLO_CONFIG_DIR", "yolo_cfg_")
+_session_dir("UNIDEPLOY_CACHE", "unideploy_cache_")
 
 from unideploy.testing import build_random_yolo, randomise, scene  # noqa: F401  (re-exported for tests)
 

@@ -63,6 +63,15 @@ def test_cpu_predict_arrays_matches(torch_models, image_dir):
         assert_same_detections(o, r.xyxy, r.confidence, r.class_id, px=1.0, score_tol=1e-3, where=f"array{i}")
 
 
+@pytest.mark.slow
+def test_batch_none_means_the_gpu_default(torch_models):
+    """`unideploy predict m.pt --device cuda:0` without --batch passes batch=None: the GPU default, not 1."""
+    from unideploy.gpu import GpuPredictor
+
+    with GpuPredictor(torch_models["pt"], device="cpu", allow_cpu=True, batch=None) as pred:
+        assert pred.batch == 32
+
+
 def test_refuses_cpu_without_allow_cpu(tmp_path):
     from unideploy.gpu import GpuPredictor
 

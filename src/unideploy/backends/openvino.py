@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendError, DeviceError, ModelError
+from ..errors import BackendError, DeviceError, InputError, ModelError
 from ..security import check_model_file
 from .base import AsyncRunner, Backend, Session, TensorInfo
 
@@ -37,6 +37,37 @@ def default_cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "unideploy"
     )
     return Path(base) / "openvino"
+
+
+def prune_cache(cache: str | Path, max_bytes: int, keep_since: float | None = None) -> list[Path]:
+    """Delete the oldest files of a compiled-model cache folder until it holds at most ``max_bytes``.
+
+    OpenVINO never evicts: every model (and every device/precision/hint) compiled with a cache folder leaves a
+    blob there (13 MB for YOLOv8n-640), and a machine that exports many models fills its disk. Oldest is by
+    modification time, i.e. when the blob was compiled (OpenVINO does not say which blob a cache hit read, so
+    use is not tracked); a pruned model is simply compiled again. Files modified at or after ``keep_since``
+    (this process's own compile) are never deleted. Returns the deleted paths.
+    """
+    files = []
+    for f in Path(cache).iterdir():
+        try:
+            st = f.stat()
+        except OSError:  # removed by another process meanwhile
+            continue
+        if f.is_file():
+            files.append((st.st_mtime, f.name, st.st_size, f))
+    total = sum(size for _, _, size, _ in files)
+    removed: list[Path] = []
+    for mtime, _, size, f in sorted(files):
+        if total <= max_bytes or (keep_since is not None and mtime >= keep_since):
+            break
+        try:
+            f.unlink()  # a process reading it keeps its open handle (POSIX)
+        except OSError:
+            continue
+        total -= size
+        removed.append(f)
+    return removed
 
 
 def _dims(pshape: Any) -> tuple[int | None, ...]:
@@ -156,6 +187,8 @@ class OpenVINOBackend(Backend):
     Options:
         hint: "latency" (default) or "throughput" (OpenVINO PERFORMANCE_HINT).
         cache_dir: compiled-model cache (default ``~/.cache/unideploy/openvino``; "" disables it).
+        cache_max_mb: size cap of that folder; the oldest compiled blobs beyond it are deleted after each compile
+            (default 1024; 0 = no cap). See :func:`prune_cache`.
         threads: inference threads.
         precision: inference precision of float layers, "f32", "bf16" or "f16" (OpenVINO INFERENCE_PRECISION_HINT;
             default: the device's choice, which is bf16 on CPUs with native bf16 support).
@@ -201,8 +234,15 @@ class OpenVINOBackend(Backend):
             Path(cache).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache)  # per compile: the Core is shared
         try:
+            cache_max_mb = float(options.get("cache_max_mb", 1024) or 0)
+        except (TypeError, ValueError):
+            raise InputError(f"openvino cache_max_mb must be a number of MB (0 = no cap), got {options['cache_max_mb']!r}") from None
+        started = time.time() - 2  # coarse file-system timestamps: a blob written now never looks older than this
+        try:
             compiled = core.compile_model(str(path), dev, config)
         except Exception as e:
             raise ModelError(f"{path}: openvino could not compile it for {dev}: {str(e).strip().splitlines()[0]}") from None
+        if cache and cache_max_mb > 0:
+            prune_cache(cache, int(cache_max_mb * 2**20), keep_since=started)
         meta = {}
         return OpenVINOSession(path, dev, compiled, meta)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,37 @@ from unideploy.bench.timers import open_fds, os_threads  # noqa: F401  (shared p
 
 TINY_IMGSZ = 64
 _BUILT: dict[str, dict[str, Path]] = {}
+
+
+def close_during_stream(predictor: Any, source: Any, pause: float, timeout: float) -> str:
+    """Iterate ``predictor.stream(source)`` in a second thread (``pause`` seconds per result), close the predictor
+    from this thread once the first result is out, and return how the stream ended: "finished after N",
+    "<ErrorType> after N: message" for a UnideployError, or "crashed: <repr>" for anything else. Fails if no
+    result comes or the streaming thread is still alive ``timeout`` seconds after close()."""
+    from unideploy.errors import UnideployError
+
+    started, outcome = threading.Event(), {}
+
+    def consume() -> None:
+        n = 0
+        try:
+            for _ in predictor.stream(source):
+                n += 1
+                started.set()
+                time.sleep(pause)
+            outcome["end"] = f"finished after {n}"
+        except UnideployError as e:
+            outcome["end"] = f"{type(e).__name__} after {n}: {e}"
+        except BaseException as e:  # noqa: BLE001
+            outcome["end"] = f"crashed: {e!r}"
+
+    t = threading.Thread(target=consume, name="consumer", daemon=True)
+    t.start()
+    assert started.wait(timeout), "the stream gave no result"
+    predictor.close()
+    t.join(timeout)
+    assert not t.is_alive(), "the streaming thread hung after close()"
+    return outcome["end"]
 
 
 def fuzz_settings():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from bench_helpers import build_probe_model, probe_images
 from conftest import has_module
+from reliability_helpers import close_during_stream
 
 import unideploy
 from unideploy.errors import BackendError, ImageDecodeError, InputError
@@ -231,28 +232,8 @@ def test_async_runner_delivers_runtime_errors_through_the_future(probe):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_close_from_another_thread_ends_the_stream_with_an_error(probe, backend):
     p = unideploy.load(probe["model"], backend=backend, requests=2)
-    started, outcome = threading.Event(), {}
-
-    def consume():
-        n = 0
-        try:
-            for _ in p.stream(DelayedSource(probe["images"] * 50)):
-                n += 1
-                started.set()
-                time.sleep(0.002)
-            outcome["end"] = f"finished after {n}"
-        except BackendError as e:
-            outcome["end"] = f"BackendError after {n}: {e}"
-        except BaseException as e:  # noqa: BLE001
-            outcome["end"] = f"crashed: {e!r}"
-
-    t = threading.Thread(target=consume, name="consumer")
-    t.start()
-    assert started.wait(60)
-    p.close()
-    t.join(60)
-    assert not t.is_alive()
-    assert outcome["end"].startswith("BackendError") and "closed while a stream was reading" in outcome["end"], outcome
+    end = close_during_stream(p, DelayedSource(probe["images"] * 50), pause=0.002, timeout=60)
+    assert end.startswith("BackendError") and "closed while a stream was reading" in end, end
     assert unideploy_threads() == []
 
 

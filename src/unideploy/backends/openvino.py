@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def prune_cache(cache: str | Path, max_bytes: int, keep_since: float | None = No
             st = f.stat()
         except OSError:  # removed by another process meanwhile
             continue
-        if f.is_file():
+        if stat.S_ISREG(st.st_mode):
             files.append((st.st_mtime, f.name, st.st_size, f))
     total = sum(size for _, _, size, _ in files)
     removed: list[Path] = []

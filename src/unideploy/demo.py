@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,12 +55,6 @@ class Row:
     images_per_s: float
     images: int
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def model_size_mb(path: Path) -> float:
-    """Size of a model on disk: an IR counts its .xml and .bin."""
-    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
-    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
 def demo_variants(model: Path, out: Path, backends: list[str] | None, log: Callable[[str], None],
@@ -135,6 +128,7 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo and write its report into ``out``; returns the report dict."""
+    from .bench.discover import model_size_bytes
     from .evaluate import evaluate_detection, load_dataset
     from .pipeline import load
     from .sinks import Sinks, atomic_write_json, atomic_write_text
@@ -161,7 +155,7 @@ def run_demo(
             compute = _compute_precision(pred.session)
             log(f"[{tag}] evaluating mAP")
             metrics = evaluate_detection(pred, dataset)
-        rows.append(Row(v.backend, v.device, v.precision, str(v.model), round(model_size_mb(v.model), 2),
+        rows.append(Row(v.backend, v.device, v.precision, str(v.model), round(model_size_bytes(v.model) / 1e6, 2),
                         metrics["mAP50-95"], metrics["mAP50"], ms, ips, metrics["images"],
                         {"per_class": metrics["per_class"], "note": v.note, "compute_precision": compute}))
     if not rows:

@@ -169,7 +169,8 @@ def quantize(
     """
     from ..pipeline import load
     from ..spec import read_spec
-    from .report import format_report, measure_speed, model_bytes
+    from ..bench.discover import model_size_bytes
+    from .report import format_report, measure_speed
     from .scope import check_patterns, int8_ops
 
     backend = _BACKEND_ALIASES.get(str(backend).lower(), str(backend).lower())
@@ -241,8 +242,8 @@ def quantize(
         calibration={"source": calibration.source, "images": len(calibration.paths),
                      "skipped": [f"{n}: {why}" for n, why in calibration.skipped]},
         quantize_s=quantize_s, float_nodes=len(kept), float_node_names=kept, int8_ops=int8_ops(qmodel),
-        fp32={"model": str(src), "size_mb": model_bytes(src) / 1e6, **fp32_acc},
-        int8={"model": str(dest), "size_mb": model_bytes(dest) / 1e6},
+        fp32={"model": str(src), "size_mb": model_size_bytes(src) / 1e6, **fp32_acc},
+        int8={"model": str(dest), "size_mb": model_size_bytes(dest) / 1e6},
     )
     try:
         if gate is not None:

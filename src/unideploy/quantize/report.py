@@ -8,15 +8,6 @@ from pathlib import Path
 from typing import Any
 
 
-def model_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk of a model: an ``.onnx`` file (plus external data beside it), or an IR ``.xml`` + ``.bin``."""
-    p = Path(path)
-    total = p.stat().st_size
-    if p.suffix.lower() == ".xml" and p.with_suffix(".bin").is_file():
-        total += p.with_suffix(".bin").stat().st_size
-    return total
-
-
 def measure_speed(model: str | os.PathLike, backend: str, *, device: str | None = None, runs: int = 50,
                   warmup: int = 5, **backend_options: Any) -> dict[str, Any]:
     """Latency and throughput of ``model`` on one preprocessed image, with the runtime's default settings.

@@ -53,6 +53,14 @@ SIZES = [(480, 640), (640, 480), (720, 1280), (1280, 720), (24, 16), (16, 40), (
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """The reliability tests' tiny random-weight YOLOv8n (64x64; ONNX + OpenVINO IR), built once per session."""
+    from reliability_helpers import tiny_model_files  # imports this module: not at the top
+
+    return tiny_model_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def image_dir(tmp_path_factory) -> Path:
     """22 images: portrait, landscape, tiny, large, square, grayscale JPEG, grayscale PNG, PNG with alpha."""
     d = tmp_path_factory.mktemp("images")

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from bench_helpers import build_probe_model, probe_images
-from conftest import has_module
+from conftest import REPO, has_module
 from reliability_helpers import close_during_stream
 
 import unideploy
@@ -241,9 +241,7 @@ def test_close_from_another_thread_ends_the_stream_with_an_error(probe, backend)
 def test_stream_batches_equal_per_image_tensors(model):
     """The stream keeps uint8 letterboxed images in its look-ahead and builds each float batch in place
     (into a reused buffer): bit-identical to stacking the per-image tensors, padding included."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / model
+    path = REPO / model
     rng = np.random.default_rng(3)
     with unideploy.load(path) as pred:
         imgs = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(90, 200), (480, 640), (50, 50)]]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import unideploy
+from conftest import REPO
 from unideploy.errors import BackendUnavailableError, InputError, ModelError, SourceError
 from unideploy.backends.base import Backend
 from unideploy.backends.registry import _REGISTRY
@@ -189,9 +190,7 @@ def test_single_path_and_list_agree(onnx_model, image_dir):
 
 
 def test_classifier_predict_writes_all_sinks(image_dir, tmp_path):
-    model = Path(__file__).resolve().parents[1] / "examples" / "shapes_crop_cls.onnx"
-    if not model.exists():
-        pytest.skip("example classifier not shipped")
+    model = REPO / "examples" / "shapes_crop_cls.onnx"
     proc = run_cli("predict", model, image_dir, "--save-json", tmp_path / "c.json", "--save-txt", tmp_path / "txt",
                    "--save-img", tmp_path / "img")
     assert proc.returncode == 0, proc.stderr

@@ -32,7 +32,6 @@ from reliability_helpers import (
     assert_same_boxes,
     model_for,
     pil_bytes,
-    tiny_model_files,
     with_orientation,
 )
 from unideploy.cli.main import main
@@ -41,11 +40,6 @@ from unideploy.security import sniff_image
 from unideploy.sources import decode_image, read_image
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_model_files(tmp_path_factory)
 
 
 def _scene(seed: int = 0, h: int = 120, w: int = 160) -> np.ndarray:

@@ -22,7 +22,7 @@ import pytest
 
 import unideploy
 from conftest import has_module
-from reliability_helpers import BACKENDS, fuzz_settings, model_for, tiny_model_files
+from reliability_helpers import BACKENDS, fuzz_settings, model_for
 from unideploy.cli.main import main
 from unideploy.errors import InputError, ModelError, UnideployError
 from unideploy.security import UnsafeModelError, check_onnx_external_data, onnx_external_refs, verify_sha256
@@ -205,11 +205,6 @@ def test_hugging_face_style_symlinked_snapshot_is_accepted(layout):
     (snap / "model.onnx").symlink_to(Path("../../blobs/blob1"))
     (snap / "model.onnx.data").symlink_to(Path("../../blobs/blob2"))
     assert check_onnx_external_data(snap / "model.onnx")[0].location == "model.onnx.data"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_model_files(tmp_path_factory)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

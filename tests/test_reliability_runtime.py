@@ -28,13 +28,8 @@ import pytest
 
 import unideploy
 from conftest import REPO, scene
-from reliability_helpers import BACKENDS, close_during_stream, model_for, snapshot, tiny_model_files
+from reliability_helpers import BACKENDS, close_during_stream, model_for, snapshot
 from unideploy.sources import Source
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_model_files(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +173,7 @@ def test_threads_sharing_one_predictor(tiny, files, backend, n_threads):
 CYCLES = r"""
 import gc, json, os, sys, threading
 import cv2, unideploy
+from unideploy.bench.timers import open_fds, os_threads
 from unideploy.errors import UnideployError
 model, backend, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 img = cv2.imread(files[0])
@@ -185,8 +181,7 @@ img = cv2.imread(files[0])
 def snap():
     gc.collect()
     rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    return {"rss_mb": rss, "py_threads": threading.active_count(), "os_threads": len(os.listdir("/proc/self/task")),
-            "fds": len(os.listdir("/proc/self/fd"))}
+    return {"rss_mb": rss, "py_threads": threading.active_count(), "os_threads": os_threads(), "fds": open_fds()}
 
 def cycle():
     p = unideploy.load(model, backend=backend)

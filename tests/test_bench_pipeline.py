@@ -255,3 +255,20 @@ def test_stream_batches_equal_per_image_tensors(model):
         assert pred.adapter.to_batch(resized, out=buf) is buf and np.array_equal(buf, ref)
         wrong = np.zeros((1, 3, 8, 8), np.float32)  # a buffer of another shape is not written into
         assert pred.adapter.to_batch(resized, out=wrong) is not wrong
+
+
+@pytest.mark.parametrize("layout,dtype", [("nchw", "float32"), ("nchw", "float16"), ("nchw", "uint8"),
+                                          ("nhwc", "float32"), ("nhwc", "uint8")])
+def test_reuses_batch_buffer_says_when_to_batch_writes_into_out(layout, dtype):
+    """The stream pools an input batch for reuse only when to_batch would write into it; for other layouts and
+    dtypes it builds a new array each time, and a pooled buffer would only hold memory."""
+    from dataclasses import replace
+
+    with unideploy.load(REPO / "src/unideploy/assets/demo/shapes_yolov8.onnx") as pred:
+        adapter = type(pred.adapter)(replace(pred.adapter.spec, layout=layout, input_dtype=dtype))
+    h, w = adapter.spec.imgsz
+    imgs = [np.full((h, w, 3), k * 40, np.uint8) for k in range(2)]
+    first = adapter.to_batch(imgs)
+    buf = first if first.dtype == np.float32 else np.empty(first.shape, np.float32)
+    assert (adapter.to_batch(imgs, out=buf) is buf) == adapter.reuses_batch_buffer
+    assert adapter.reuses_batch_buffer == (layout == "nchw" and dtype == "float32")

@@ -356,6 +356,7 @@ class Predictor:
         out_q: queue.Queue = queue.Queue(maxsize=n_req + 2)
         pool: list[np.ndarray] = []  # input batch buffers the runtime has finished with
         pool_lock = threading.Lock()
+        reuse = self.adapter.reuses_batch_buffer
         times = self.times
 
         def put(entry: tuple) -> bool:
@@ -382,9 +383,10 @@ class Predictor:
 
         def post(fut: Future, rows: list[tuple[Item, np.ndarray | None, LetterboxInfo]], x: np.ndarray) -> list[Any]:
             out = _wait(fut, stop)
-            with pool_lock:  # the runtime is done with the input: its buffer serves a later batch
-                if len(pool) <= n_req:
-                    pool.append(x)
+            if reuse:
+                with pool_lock:  # the runtime is done with the input: its buffer serves a later batch
+                    if len(pool) <= n_req:
+                        pool.append(x)
             n = len(rows)
             t_inf = getattr(fut, "finished", 0.0) - getattr(fut, "started", 0.0)
             if self.fixed_batch and n < self.fixed_batch:
@@ -406,7 +408,7 @@ class Predictor:
             for r in rows:
                 times.preprocess.append(r[4] + share)
             fut = runner.submit({self.session.inputs[0].name: x})
-            kept = [(r[0], r[1] if keep_images else None, r[3]) for r in rows]
+            kept = [(r[0], r[1], r[3]) for r in rows]  # r[1] is None unless keep_images (load())
             return put(("batch", post_pool.submit(post, fut, kept, x), kept))
 
         def dispatch() -> None:

@@ -113,6 +113,12 @@ class Adapter:
             x -= self._mean
             x /= self._std
 
+    @property
+    def reuses_batch_buffer(self) -> bool:
+        """Whether :meth:`to_batch` writes into ``out`` and returns it (float32 NCHW inputs); other layouts and
+        dtypes build a new array per batch, so a caller's pool would only hold memory for them."""
+        return self.spec.layout != "nhwc" and np.dtype(self.spec.input_dtype) == np.float32
+
     def to_batch(self, imgs: Sequence[np.ndarray], size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Resized HWC BGR uint8 images -> one model input batch, written in place (no per-image float tensors,
         no stacking copy); equal to ``np.stack([to_tensor(i) for i in imgs])``. ``size`` pads the batch with

@@ -152,7 +152,7 @@ def run_demo(
                     sinks.add(o.item.name, o.item.index, o.result, o.image)
             sinks.close()
             ms, ips = _speed(pred, images)
-            compute = _compute_precision(pred.session)
+            compute = {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}.get(pred.session.compute_precision() or "")
             log(f"[{tag}] evaluating mAP")
             metrics = evaluate_detection(pred, dataset)
         rows.append(Row(v.backend, v.device, v.precision, str(v.model), round(model_size_bytes(v.model) / 1e6, 2),
@@ -176,20 +176,6 @@ def run_demo(
     atomic_write_text(out / "report.md", _markdown(rows, table, chart, grid, model, data, int8_check))
     log(f"report: {out / 'report.md'}")
     return report
-
-
-def _compute_precision(session: Any) -> str | None:
-    """What the runtime computes float layers in, where it says (OpenVINO's CPU plugin picks bf16 on CPUs with
-    AMX/AVX512-BF16 unless told otherwise); None where the model file's precision is what runs."""
-    compiled = getattr(session, "compiled", None)
-    try:
-        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")) if compiled is not None else ""
-    except Exception:  # noqa: BLE001 - a device without the property
-        return None
-    for key, name in (("bfloat16", "bf16"), ("float16", "fp16"), ("float32", "fp32")):
-        if key in hint:
-            return name
-    return None
 
 
 def _precision_label(r: Row) -> str:

@@ -110,6 +110,11 @@ class Session(ABC):
         """Key/value metadata the runtime exposes (may be empty)."""
         return {}
 
+    def compute_precision(self) -> str | None:
+        """The element type the runtime computes float layers in ("f32", "bf16", "f16"), where it chooses one
+        itself and says so; None where the model file's precision is what runs."""
+        return None
+
     # -- public -----------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray] | np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run the model.

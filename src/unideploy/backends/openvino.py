@@ -95,6 +95,14 @@ class OpenVINOSession(Session):
             for i, p in enumerate(compiled.outputs)
         ]
 
+    def compute_precision(self) -> str | None:
+        """OpenVINO's INFERENCE_PRECISION_HINT of the compiled model: bf16 by default on CPUs with native bf16."""
+        try:
+            v = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # noqa: BLE001 - a device without the property
+            return None
+        return v.get_type_name() if hasattr(v, "get_type_name") else str(v)
+
     def metadata(self) -> dict[str, str]:
         return dict(self._meta)
 

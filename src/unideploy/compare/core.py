@@ -279,14 +279,7 @@ def _open(side: Any, options: dict[str, Any]) -> tuple[Any, str, bool, dict[str,
 
 def _reduced_precision(p: Any) -> str | None:
     """"bf16" / "f16" when an OpenVINO session computes float layers in reduced precision (best effort)."""
-    compiled = getattr(p.session, "compiled", None)
-    if p.backend_name != "openvino" or compiled is None:
-        return None
-    try:
-        v = compiled.get_property("INFERENCE_PRECISION_HINT")
-        name = v.get_type_name() if hasattr(v, "get_type_name") else str(v)
-    except Exception:
-        return None
+    name = p.session.compute_precision() if p.backend_name == "openvino" else None
     return name if name in ("bf16", "f16") else None
 
 

@@ -123,3 +123,8 @@ class Classifications:
     @property
     def class_names(self) -> list[str]:
         return _names_for(self.class_id, self.names)
+
+    def to_dicts(self) -> list[dict]:
+        """One plain dict per class, best first (JSON-serialisable)."""
+        return [{"class_id": int(c), "confidence": float(p), "name": n}
+                for c, p, n in zip(self.class_id, self.confidence, self.class_names)]

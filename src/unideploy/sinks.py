@@ -232,8 +232,7 @@ class JsonLinesSink:
             rec["image_shape"] = list(result.image_shape) if result.image_shape else None
             rec["detections"] = result.to_dicts()
         elif result is not None:
-            rec["classes"] = [{"class_id": int(c), "confidence": float(p), "name": n} for c, p, n in
-                              zip(result.class_id, result.confidence, result.class_names)]
+            rec["classes"] = result.to_dicts()
         self.write(rec)
 
     def write(self, record: dict) -> None:

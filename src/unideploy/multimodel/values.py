@@ -121,10 +121,7 @@ def to_jsonable(v: Any) -> Any:
     if isinstance(v, Detections):
         return v.to_dicts()
     if isinstance(v, Classifications):
-        return [
-            {"class_id": int(c), "confidence": float(p), "name": n}
-            for c, p, n in zip(v.class_id, v.confidence, v.class_names)
-        ]
+        return v.to_dicts()
     if isinstance(v, PerCrop):
         return [
             {

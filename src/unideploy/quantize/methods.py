@@ -49,8 +49,10 @@ def nncf_openvino(src: Path, calib: Any, *, preset: str, patterns: list[str], he
     import nncf
     import openvino as ov
 
+    from ..backends.openvino import shared_core
+
     try:
-        model = ov.convert_model(str(src)) if src.suffix.lower() == ".onnx" else ov.Core().read_model(str(src))
+        model = ov.convert_model(str(src)) if src.suffix.lower() == ".onnx" else shared_core(ov).read_model(str(src))
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"{src}: openvino could not read it: {str(e).strip().splitlines()[0]}") from None
     ignored = float_nodes(model, patterns, head)

@@ -63,7 +63,7 @@ class RknnSession(Session):
         if importlib.util.find_spec("rknnlite") is not None and options.get("simulator") is not True:
             self._open_board(device)
         else:
-            self._open_simulator(side, options)
+            self._open_simulator(info, side, options)
         outs = self._infer(np.zeros((1, int(h), int(w), 3), np.uint8))
         self.outputs = [TensorInfo(f"output{i}", tuple(o.shape), np.dtype(np.float32)) for i, o in enumerate(outs)]
 
@@ -85,10 +85,9 @@ class RknnSession(Session):
         self._lite = lite
         self.mode = "board"
 
-    def _open_simulator(self, side: dict[str, Any], options: dict[str, Any]) -> None:
-        from ..convert.rknn import ToolkitWorker, toolkit_python
+    def _open_simulator(self, info: dict[str, Any], side: dict[str, Any], options: dict[str, Any]) -> None:
+        from ..convert.rknn import DISABLE_RULES, ToolkitWorker, calibration_set, toolkit_python
 
-        info = (side.get("extra") or {}).get("rknn")
         if not info:
             raise ModelError(f"{self.path}: the x86 simulator rebuilds the model from its ONNX, but no sidecar spec with "
                              "extra.rknn (written by unideploy export --to rknn) was found")
@@ -101,13 +100,10 @@ class RknnSession(Session):
         try:
             dataset = None
             if info["dtype"] == "int8":
-                from ..convert.rknn import calibration_set
                 from ..spec import ModelSpec
 
                 spec = ModelSpec.from_dict({k: v for k, v in side.items() if k != "extra"} | {"layout": "nchw", "input_dtype": "float32"})
                 dataset = str(calibration_set(spec, info["calib"], int(options.get("calib_count", 100)), worker.tmp))
-            from ..convert.rknn import DISABLE_RULES
-
             worker.request(cmd="build", onnx=str(onnx), target=info["target"], dtype=info["dtype"], dataset=dataset,
                            mean=info["mean"], std=info["std"], out=None, simulate=True,
                            quantized_algorithm=info.get("quantized_algorithm", "normal"),

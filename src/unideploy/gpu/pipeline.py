@@ -40,6 +40,7 @@ from .letterbox import letterbox_batch, normalize_batch
 from .postprocess import postprocess_batch
 
 _END = object()
+DEFAULT_BATCH = 32  # images per forward pass when the caller gives none
 
 
 def _read(item: Item) -> tuple[str, Any]:
@@ -62,7 +63,7 @@ class GpuPredictor(Predictor):
     Args:
         model: a model the torch backend opens (.pt, TorchScript, torch.export).
         device: "cuda:N" (or "cpu" with ``allow_cpu=True``, for tests).
-        batch: images per forward pass (one CUDA graph per batch size); None means the default, 32.
+        batch: images per forward pass (one CUDA graph per batch size); None means ``DEFAULT_BATCH`` (32).
         allow_cpu: allow a CPU device (no streams, OpenCV decoding).
         **kwargs: as :class:`Predictor` (conf, iou, max_det, imgsz, classes, ...) and torch backend options
             (precision, cuda_graph, compile).
@@ -72,10 +73,10 @@ class GpuPredictor(Predictor):
         ModelError: the model is not a letterboxed YOLO detector with the raw (B, 4 + nc, N) head.
     """
 
-    def __init__(self, model: Any, device: str = "cuda:0", *, batch: int | None = 32, allow_cpu: bool = False, **kwargs: Any) -> None:
+    def __init__(self, model: Any, device: str = "cuda:0", *, batch: int | None = None, allow_cpu: bool = False, **kwargs: Any) -> None:
         kwargs.pop("backend", None)
-        # None (the CLI without --batch) means this pipeline's default, not the CPU pipeline's 1
-        super().__init__(model, "torch", device, batch=32 if batch is None else batch, **kwargs)
+        # None (also the CLI without --batch) means this pipeline's default, not the CPU pipeline's 1
+        super().__init__(model, "torch", device, batch=DEFAULT_BATCH if batch is None else batch, **kwargs)
         try:
             import torch
 

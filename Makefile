@@ -22,7 +22,10 @@ setup-dev: $(PY)
 demo: setup
 	$(VENV)/bin/unideploy demo
 
-test: setup-dev
+lint: setup-dev
+	$(PY) -m ruff check src tests benchmarks tools examples
+
+test: setup-dev lint
 	YOLO_OFFLINE=1 $(PY) -m pytest -q
 
 clean:

@@ -4,7 +4,7 @@ On one CUDA GPU and one folder of JPEGs (default: 2,000 generated scenes of mixe
 
 1. Ultralytics ``YOLO(model).predict(folder, stream=True, half=True, batch=B)`` (decodes and letterboxes on
    the CPU, one image at a time);
-2. unideploy :class:`~unideploy.gpu.GpuPredictor` (nvJPEG batch decode, GPU letterbox, CUDA-graph fp16
+2. unideploy :class:`~unideploy.runtime.gpu.GpuPredictor` (nvJPEG batch decode, GPU letterbox, CUDA-graph fp16
    forward, batched GPU NMS, reading/decoding overlapped with inference);
 3. the forward ceiling: the same fp16 model, CUDA graph replayed at batch B on a tensor already on the GPU.
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, float] = {}
 
     # 3. forward ceiling: fp16, CUDA graph, batch B, input resident on the GPU
-    from unideploy.backends.torch import TorchBackend
+    from unideploy.runtime.backends.torch import TorchBackend
 
     with TorchBackend.open(model, args.device, precision="fp16", cuda_graph=True, imgsz=args.imgsz) as s:
         x = torch.rand(b, 3, args.imgsz, args.imgsz, device=args.device, dtype=torch.float16)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         results["forward_ceiling"] = iters * b / statistics.median(t)
 
     # 2. unideploy end to end
-    from unideploy.gpu import GpuPredictor
+    from unideploy.runtime.gpu import GpuPredictor
 
     with GpuPredictor(model, device=args.device, batch=b, precision="fp16", imgsz=args.imgsz, conf=0.25) as p:
         counts: list[int] = []

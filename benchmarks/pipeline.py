@@ -58,7 +58,7 @@ def make_images(folder: Path, n: int) -> Path:
 
 
 def one_round(pred, images, x, requests: int, loop: int, warmup: int) -> dict[str, float]:
-    from unideploy.bench import end_to_end, end_to_end_serial, pure_inference
+    from unideploy.tools.bench import end_to_end, end_to_end_serial, pure_inference
 
     mode = "sync" if requests == 1 else "async"
     pure = pure_inference(pred.session, x, warmup=warmup, loop=loop, mode=mode, requests=requests)
@@ -93,8 +93,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import unideploy
-    from unideploy.bench import input_batch, library_versions, machine_info
-    from unideploy.sources import Source, read_image
+    from unideploy.tools.bench import input_batch, library_versions, machine_info
+    from unideploy.core.sources import Source, read_image
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def main() -> int:
         best_pipe = max(summary[b][r]["pipeline_ips"] for r in reqs)
         summary[b]["best"] = {"pure_ips": best_pure, "pipeline_ips": best_pipe, "ratio": best_pipe / best_pure}
 
-    from unideploy.bench import format_table
+    from unideploy.tools.bench import format_table
 
     print(f"\nmodel {onnx_path.name} ({'built, random weights' if not args.model else 'given'}), batch {args.batch}, "
           f"{len(source)} images {sample.shape[1]}x{sample.shape[0]}, {args.repeats} repeats (medians), "

@@ -71,8 +71,8 @@ def quantize_runs(model: Path, calib: Path, data: Path | None, samples: int, wor
 
 
 def speed_rounds(models: dict[str, tuple[str, str, dict]], rounds: int, loop: int) -> dict[str, dict]:
-    from unideploy.bench.runners import input_batch, pure_inference
-    from unideploy.pipeline import load
+    from unideploy.tools.bench.runners import input_batch, pure_inference
+    from unideploy.runtime.load import load
 
     samples: dict[str, dict[str, list[float]]] = {k: {"ms": [], "ips": []} for k in models}
     for r in range(rounds):

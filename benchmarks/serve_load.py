@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from unideploy.testing import free_port, scene
 
     jpg = cv2.imencode(".jpg", scene(np.random.default_rng(0), 240, 320))[1].tobytes()
-    from unideploy.serving import serve_model
+    from unideploy.apps.serving import serve_model
 
     port = free_port()
     limit_mb = 1.0

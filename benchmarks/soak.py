@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from unideploy.bench.timers import open_fds, os_threads  # noqa: E402  (shared process probes)
+from unideploy.tools.bench.timers import open_fds, os_threads  # noqa: E402  (shared process probes)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.video_frames, args.images = min(args.n, 3000), min(args.video_frames, 300), min(args.images, 24)
     work = Path(args.work)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    from unideploy.backends.registry import get_backend
+    from unideploy.runtime.backends.registry import get_backend
 
     backends = [b for b in backends if get_backend(b).available()]
     models = (

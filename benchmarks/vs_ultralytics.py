@@ -99,7 +99,8 @@ def main() -> None:
                                "rss_fraction": o["rss_mb"] / u["rss_mb"]}
             print(f"{backend}: throughput {ratios[backend]['throughput_x']:.2f}x Ultralytics, cold start "
                   f"{ratios[backend]['cold_start_fraction']:.2f} of Ultralytics', peak RSS {ratios[backend]['rss_fraction']:.2f} of Ultralytics'")
-    import numpy, onnxruntime
+    import numpy
+    import onnxruntime
 
     report = {"rows": rows, "ratios": ratios, "repeats": args.repeats, "images": args.images, "model": args.model,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},

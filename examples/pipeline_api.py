@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from unideploy.multimodel import Crop, Merge, Model, Pipeline
+from unideploy.apps.graphs import Crop, Merge, Model, Pipeline
 
 HERE = Path(__file__).resolve().parent
 

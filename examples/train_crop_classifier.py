@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import make_shapes  # noqa: E402
 
-from unideploy.multimodel import Crop  # noqa: E402
-from unideploy.results import Detections  # noqa: E402
+from unideploy.apps.graphs import Crop  # noqa: E402
+from unideploy.core.results import Detections  # noqa: E402
 
 MODEL_YAML = """\
 # YOLOv8 classifier for the shapes crops (written by examples/train_crop_classifier.py)

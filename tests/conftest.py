@@ -35,7 +35,7 @@ def _session_dir(var: str, prefix: str) -> None:
 _session_dir("YOLO_CONFIG_DIR", "yolo_cfg_")
 _session_dir("UNIDEPLOY_CACHE", "unideploy_cache_")
 
-from unideploy.testing import build_random_yolo, randomise, scene  # noqa: F401  (re-exported for tests)
+from unideploy.testing import build_random_yolo, randomise, scene  # noqa: F401,E402  (re-exported; after the env vars above)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unideploy.ops.boxes import box_iou
+from unideploy.core.ops.boxes import box_iou
 
 
 def assert_same_detections(ours, xyxy, conf, cls, *, px: float = 1.0, score_tol: float = 1e-3, where: str = "") -> None:

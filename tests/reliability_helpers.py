@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import has_module
-from unideploy.bench.timers import open_fds, os_threads  # noqa: F401  (shared process probes)
+from unideploy.tools.bench.timers import open_fds, os_threads  # noqa: F401  (shared process probes)
 
 TINY_IMGSZ = 64
 _BUILT: dict[str, dict[str, Path]] = {}
@@ -25,7 +25,7 @@ def close_during_stream(predictor: Any, source: Any, pause: float, timeout: floa
     from this thread once the first result is out, and return how the stream ended: "finished after N",
     "<ErrorType> after N: message" for a UnideployError, or "crashed: <repr>" for anything else. Fails if no
     result comes or the streaming thread is still alive ``timeout`` seconds after close()."""
-    from unideploy.errors import UnideployError
+    from unideploy.core.errors import UnideployError
 
     started, outcome = threading.Event(), {}
 

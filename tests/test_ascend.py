@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import unideploy
-from unideploy.convert import export as convert_export
-from unideploy.errors import BackendError, BackendUnavailableError, DeviceError, InputError, ModelError
+from unideploy.tools.convert import export as convert_export
+from unideploy.core.errors import BackendError, BackendUnavailableError, DeviceError, InputError, ModelError
 
 DOUBLES = Path(__file__).resolve().parent / "doubles"
 SOC = "Ascend310P3"
@@ -104,8 +104,8 @@ def ort_run(onnx_path: Path, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------- ATC commands
 
 def test_atc_command_flag_by_flag(tiny_onnx, tmp_path):
-    from unideploy.convert.om import plan_atc
-    from unideploy.spec import ModelSpec
+    from unideploy.tools.convert.om import plan_atc
+    from unideploy.core.spec import ModelSpec
 
     spec = ModelSpec(imgsz=(320, 320), names={0: "a"})
     plan = plan_atc(tiny_onnx, spec, tmp_path / "out" / "m.om", {"soc": SOC, "dynamic_batch": "8,1,4,2",
@@ -144,16 +144,16 @@ def test_atc_command_flag_by_flag(tiny_onnx, tmp_path):
     ({"speed": "fast"}, "unknown om option"),
 ])
 def test_atc_option_errors(tiny_onnx, tmp_path, extra, message):
-    from unideploy.convert.om import plan_atc
-    from unideploy.spec import ModelSpec
+    from unideploy.tools.convert.om import plan_atc
+    from unideploy.core.spec import ModelSpec
 
     with pytest.raises(InputError, match=message):
         plan_atc(tiny_onnx, ModelSpec(imgsz=(320, 320)), tmp_path / "m.om", {"soc": SOC, **extra})
 
 
 def test_soc_needed_without_npu_smi(tiny_onnx, tmp_path, monkeypatch):
-    from unideploy.convert.om import plan_atc
-    from unideploy.spec import ModelSpec
+    from unideploy.tools.convert.om import plan_atc
+    from unideploy.core.spec import ModelSpec
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no npu-smi
     with pytest.raises(InputError, match="soc=Ascend310P3"):
@@ -161,7 +161,7 @@ def test_soc_needed_without_npu_smi(tiny_onnx, tmp_path, monkeypatch):
 
 
 def test_soc_from_npu_smi_output():
-    from unideploy.convert.om import soc_from_npu_smi
+    from unideploy.tools.convert.om import soc_from_npu_smi
 
     table = """
 +--------------------------------------------------------------------------------------------------------+
@@ -222,7 +222,7 @@ def test_export_om_reports_atc_failure(tiny_onnx, tmp_path, fake_atc):
 def test_ascend_static_model(doubles, tiny_onnx, tmp_path):
     om = make_om(tiny_onnx, tmp_path / "m.om")
     x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
-    from unideploy.backends.ascend import AscendBackend
+    from unideploy.runtime.backends.ascend import AscendBackend
 
     with AscendBackend.open(om, "npu:0") as s:
         assert s.mode == "static"
@@ -309,8 +309,8 @@ def test_ascend_device_and_file_errors(doubles, tiny_onnx, tmp_path):
 
 
 def test_ascend_missing_runtime_names_the_fix(monkeypatch):
-    from unideploy.backends.ascend import AscendBackend
-    from unideploy.backends.acl import AclBackend
+    from unideploy.runtime.backends.ascend import AscendBackend
+    from unideploy.runtime.backends.acl import AclBackend
 
     monkeypatch.setattr(AscendBackend, "available", classmethod(lambda cls: False))
     monkeypatch.setattr(AclBackend, "available", classmethod(lambda cls: False))
@@ -390,7 +390,7 @@ def test_acl_release_failure_is_reported_and_the_rest_released(doubles, tiny_onn
 
 
 def test_acl_atexit_closes_open_sessions(doubles, tiny_onnx, tmp_path):
-    from unideploy.backends import acl as acl_backend
+    from unideploy.runtime.backends import acl as acl_backend
 
     acl = doubles["acl"]
     om = make_om(tiny_onnx, tmp_path / "m.om")
@@ -438,6 +438,6 @@ def test_predict_through_om_matches_onnxruntime(doubles, fake_atc, yolo_models, 
 
 @pytest.mark.slow
 def test_default_backend_for_om_is_ascend(doubles, tiny_onnx, tmp_path):
-    from unideploy.backends.registry import backend_for_path
+    from unideploy.runtime.backends.registry import backend_for_path
 
     assert backend_for_path(tmp_path / "x.om") == "ascend"

@@ -15,7 +15,7 @@ import pytest
 import unideploy
 from conftest import SIZES, scene
 from parity import assert_same_detections
-from unideploy.errors import BackendUnavailableError, DeviceError, InputError, ModelError
+from unideploy.core.errors import BackendUnavailableError, DeviceError, InputError, ModelError
 
 torch = pytest.importorskip("torch")
 
@@ -85,7 +85,7 @@ def test_spec_comes_from_the_checkpoint(torch_models):
 
 @pytest.mark.slow
 def test_default_backend_for_pt_is_torch(torch_models):
-    from unideploy.backends.registry import backend_for_path
+    from unideploy.runtime.backends.registry import backend_for_path
 
     assert backend_for_path(torch_models["pt"]) == "torch"
     assert backend_for_path(torch_models["pt2"]) == "torch"
@@ -108,7 +108,7 @@ class _Payload:
 @pytest.fixture
 def poisoned_checkpoint(torch_models, tmp_path):
     """The real Ultralytics checkpoint with one extra entry that runs code when unpickled."""
-    from unideploy.backends.torch import load_checkpoint
+    from unideploy.runtime.backends.torch import load_checkpoint
 
     ckpt = load_checkpoint(torch_models["pt"])
     marker = tmp_path / "marker.txt"
@@ -121,7 +121,7 @@ def poisoned_checkpoint(torch_models, tmp_path):
 @pytest.mark.slow
 def test_payload_is_not_executed_without_trust(poisoned_checkpoint):
     path, marker = poisoned_checkpoint
-    from unideploy.backends.torch import read_torch_metadata
+    from unideploy.runtime.backends.torch import read_torch_metadata
 
     meta = read_torch_metadata(path)  # walks the pickle with inert stand-ins
     assert meta["task"] == "detect" and not marker.exists()
@@ -134,7 +134,7 @@ def test_payload_is_not_executed_without_trust(poisoned_checkpoint):
 
 @pytest.mark.slow
 def test_trust_pickle_warns_and_unpickles_fully(poisoned_checkpoint):
-    from unideploy.backends.torch import UnsafeCheckpointWarning
+    from unideploy.runtime.backends.torch import UnsafeCheckpointWarning
 
     path, marker = poisoned_checkpoint
     with pytest.warns(UnsafeCheckpointWarning, match="runs any code"):
@@ -179,7 +179,7 @@ def test_plain_module_checkpoint_and_input_checks(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Flatten(2)).eval()
     path = tmp_path / "net.pt"
     torch.save(net, path)  # a whole nn.Module: torch.nn classes only, allowed by the safe loader
-    from unideploy.backends.torch import TorchBackend
+    from unideploy.runtime.backends.torch import TorchBackend
 
     with TorchBackend.open(path, "cpu", imgsz=64) as s:
         assert s.kind == "module"
@@ -220,13 +220,13 @@ def test_bad_precision(tmp_path):
     path = tmp_path / "net.pt"
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), path)
     with pytest.raises(InputError, match="fp32, fp16 or bf16"):
-        unideploy.backends.registry.get_backend("torch").open(path, "cpu", precision="int4")
+        unideploy.runtime.backends.registry.get_backend("torch").open(path, "cpu", precision="int4")
 
 
 # -------------------------------------------------------------------------------------- devices
 
 def test_device_strings():
-    from unideploy.backends.torch import parse_device
+    from unideploy.runtime.backends.torch import parse_device
 
     assert parse_device(None) == ("cpu", None)
     assert parse_device("cpu") == ("cpu", None)
@@ -241,7 +241,7 @@ def test_device_strings():
 
 @pytest.mark.parametrize("device,module", [("npu:0", "torch_npu"), ("mlu:0", "torch_mlu")])
 def test_vendor_plugin_missing_is_a_clear_error(device, module, monkeypatch):
-    from unideploy.backends import torch as tb
+    from unideploy.runtime.backends import torch_device as tb
 
     if module in sys.modules or __import__("importlib.util").util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed here")
@@ -252,7 +252,7 @@ def test_vendor_plugin_missing_is_a_clear_error(device, module, monkeypatch):
 
 def test_vendor_plugin_imported_only_when_asked(monkeypatch):
     """A stand-in torch_npu: imported for npu:N only, and a device index past its count is refused."""
-    from unideploy.backends import torch as tb
+    from unideploy.runtime.backends import torch_device as tb
 
     imported = []
     fake = types.ModuleType("torch_npu")
@@ -281,7 +281,7 @@ def test_vendor_plugin_imported_only_when_asked(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_gpu_is_a_device_error():
-    from unideploy.backends.torch import resolve_device
+    from unideploy.runtime.backends.torch import resolve_device
 
     with pytest.raises(DeviceError, match="no cuda device"):
         resolve_device("cuda:0")
@@ -289,7 +289,7 @@ def test_cuda_without_gpu_is_a_device_error():
 
 def test_inert_walker_runs_nothing(tmp_path):
     """read_torch_metadata never imports or calls what a pickle names."""
-    from unideploy.backends.torch import read_torch_metadata
+    from unideploy.runtime.backends.torch import read_torch_metadata
 
     marker = tmp_path / "m"
     payload = pickle.dumps({"model": None, "x": _Payload(str(marker))})

@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from bench_helpers import build_probe_model, probe_coco, probe_images
 from conftest import has_module
 
-from unideploy.bench.discover import base_stem, find_variants, precision_of
-from unideploy.bench.report import format_table, library_versions, machine_info
-from unideploy.bench.stats import LatencyStats, mean_p99_ms, percentile
-from unideploy.bench.timers import parse_duration
-from unideploy.errors import InputError
+from unideploy.tools.bench.discover import base_stem, file_format, find_variants, precision_of
+from unideploy.tools.bench.report import format_table, library_versions, machine_info
+from unideploy.tools.bench.stats import LatencyStats, mean_p99_ms, percentile
+from unideploy.tools.bench.timers import parse_duration
+from unideploy.core.errors import InputError
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -105,6 +106,22 @@ def test_variants_found_by_name(tmp_path):
     assert ir.size_mb == pytest.approx((ir.path.stat().st_size + 1000) / 2**20)
     assert base_stem("yolov8n_int8_openvino_model") == "yolov8n"
     assert precision_of(tmp_path / "det.onnx") == "fp32"
+
+
+def test_variant_backends_and_formats_use_canonical_backend_names(tmp_path):
+    (tmp_path / "det.onnx").write_bytes(b"x")
+    got = {(v.backend, v.format) for v in find_variants(tmp_path / "det.onnx", ["ort", "ov"])}
+    assert got == {("onnxruntime", "onnxruntime"), ("openvino", "onnxruntime")}
+    names = {s: file_format(Path(f"m{s}")) for s in (".onnx", ".xml", ".pt", ".om", ".rknn", ".engine", ".tflite")}
+    assert names == {".onnx": "onnxruntime", ".xml": "openvino", ".pt": "torch", ".om": "ascend", ".rknn": "rknn",
+                     ".engine": "tensorrt", ".tflite": "tflite"}
+
+
+def test_backend_options_accept_aliases():
+    from unideploy.tools.bench.core import _options
+
+    opts = _options("openvino", None, None, {"*": {"hint": "latency"}, "ov": {"hint": "throughput"}, "ort": {"spin": 0}})
+    assert opts == {"hint": "throughput"}
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -215,7 +232,7 @@ def test_plot_is_a_png(probe, tmp_path):
 def test_openvino_startup_uses_a_fresh_cache(probe):
     if not has_module("openvino"):
         pytest.skip("openvino not installed")
-    from unideploy.bench.runners import startup
+    from unideploy.tools.bench.runners import startup
 
     s = startup(probe["model"], "openvino")
     assert s["cache"].startswith("OpenVINO CACHE_DIR")

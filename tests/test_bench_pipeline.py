@@ -19,8 +19,8 @@ from conftest import REPO, has_module
 from reliability_helpers import close_during_stream
 
 import unideploy
-from unideploy.errors import BackendError, ImageDecodeError, InputError
-from unideploy.sources import Item, Source
+from unideploy.core.errors import BackendError, ImageDecodeError, InputError
+from unideploy.core.sources import Item, Source
 
 pytest.importorskip("onnx")
 
@@ -190,7 +190,7 @@ def test_ctrl_c_while_waiting_stops_every_thread(probe):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_async_runner_matches_run_and_validates(probe, backend):
-    from unideploy.backends.registry import get_backend
+    from unideploy.runtime.backends.registry import get_backend
 
     x = np.stack([np.full((3, 32, 32), v / 255, np.float32) for v in (10, 100, 200)])
     with get_backend(backend).open(probe["model"]) as s:
@@ -210,7 +210,7 @@ def test_async_runner_matches_run_and_validates(probe, backend):
 
 
 def test_async_runner_delivers_runtime_errors_through_the_future(probe):
-    from unideploy.backends.base import AsyncRunner
+    from unideploy.runtime.backends.base import AsyncRunner
 
     class Failing:
         inputs: ClassVar[list] = []

@@ -1,4 +1,4 @@
-"""Unit tests of unideploy.compare on arrays and result objects (no models, fast)."""
+"""Unit tests of unideploy.tools.compare on arrays and result objects (no models, fast)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import unideploy
-from unideploy.backends.base import TensorInfo
-from unideploy.compare import (ClassificationAccumulator, DetectionAccumulator, Thresholds, compare_tensors, cosine,
+from unideploy.runtime.backends.base import TensorInfo
+from unideploy.tools.compare import (ClassificationAccumulator, DetectionAccumulator, Thresholds, compare_tensors, cosine,
                                match_detections, pair_outputs, parse_target)
-from unideploy.compare.core import Check, CompareResult
-from unideploy.errors import InputError
-from unideploy.results import Classifications, Detections
+from unideploy.tools.compare.result import Check, CompareResult
+from unideploy.core.errors import InputError
+from unideploy.core.results import Classifications, Detections
 
 
 # -- tensors ---------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_shape_mismatch_is_reported_not_raised():
 
 
 def test_accumulator_over_samples_keeps_worst_cosine():
-    from unideploy.compare import TensorAccumulator
+    from unideploy.tools.compare import TensorAccumulator
 
     acc = TensorAccumulator("y", atol=0, rtol=0)
     acc.update(np.array([1.0, 0.0]), np.array([1.0, 0.0]))
@@ -248,8 +248,8 @@ def test_unideploy_compare_is_callable_in_any_import_order():
     import subprocess
     import sys
 
-    code = ("from unideploy.compare import Thresholds; import unideploy, sys; "
-            "assert callable(unideploy.compare); "
+    code = ("from unideploy.tools.compare import Thresholds; import unideploy, sys; "
+            "assert callable(unideploy.compare) and callable(unideploy.quantize); "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'openvino', 'onnx', 'ultralytics')]")
     subprocess.run([sys.executable, "-c", code], check=True)
 

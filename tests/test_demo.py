@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from unideploy.demo import DEMO_DATA, DEMO_MODEL
-from unideploy.evaluate import evaluate
-from unideploy.spec import read_spec
+from unideploy.apps.demo import DEMO_DATA, DEMO_MODEL
+from unideploy.tools.evaluate import evaluate
+from unideploy.runtime.open import read_spec
 
 
 def test_bundled_assets_carry_their_spec():

@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import unideploy
-from unideploy.evaluate import evaluate, load_dataset
-from unideploy.sinks import yolo_txt
+from unideploy.tools.evaluate import evaluate, load_dataset
+from unideploy.core.sinks import yolo_txt
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def test_half_precision(yolo_pt, exported, image_dir, tmp_path):
 @pytest.mark.slow
 def test_static_grid_on_dynamic_ultralytics_export(yolo_pt, tmp_path):
     """A dynamic, unsimplified export computes its anchor grid with Shape/Range/Expand; the pass folds them."""
-    from unideploy.convert.passes import apply_onnx_passes
+    from unideploy.tools.convert.passes import apply_onnx_passes
 
     dyn = unideploy.export(yolo_pt, to="onnx", imgsz=320, dynamic=True, simplify=False, out=tmp_path / "dyn.onnx")
     assert unideploy.read_spec(dyn).batch is None
@@ -201,7 +201,7 @@ def test_module_export_matches_torch(tiny, tmp_path, image_dir):
 
 
 def test_module_export_dynamic_and_static_grid(tiny, tmp_path):
-    from unideploy.convert.passes import apply_onnx_passes
+    from unideploy.tools.convert.passes import apply_onnx_passes
 
     p = unideploy.export(tiny, torch.rand(1, 3, 64, 64), out=tmp_path / "dyn.onnx", spec=SPEC, dynamic=True, simplify=False)
     assert ops(p)["Range"] >= 1  # the grid is computed in the graph
@@ -236,7 +236,7 @@ def test_module_export_to_openvino(tiny, tmp_path):
 # -------------------------------------------------------------------------------------------- SiLU
 
 def test_silu_pass_torch(tmp_path):
-    from unideploy.convert.passes import silu_torch
+    from unideploy.tools.convert.passes import silu_torch
 
     torch.manual_seed(1)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1), torch.nn.SiLU()))
@@ -254,7 +254,7 @@ def test_silu_pass_onnx(tmp_path, alpha):
     """Swish (opset 24) nodes become Sigmoid + Mul with outputs unchanged."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from unideploy.convert.passes import apply_onnx_passes
+    from unideploy.tools.convert.passes import apply_onnx_passes
 
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 1, 1)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Swish", ["c"], ["s"], alpha=alpha),
@@ -297,6 +297,21 @@ BAD = [
     (dict(opset=3), "InputError", "--opset must be an ONNX opset number"),
     (dict(spec={"nmes": {0: "a"}}), "InputError", "unknown model spec field(s) ['nmes']"),
 ]
+
+
+@pytest.mark.parametrize("alias,target", [("tensorrt", "engine"), ("TRT", "engine"), ("ascend", "om"),
+                                          ("onnxruntime", "onnx"), ("ov", "openvino"), ("rknn", "rknn")])
+def test_targets_answer_to_backend_names(alias, target):
+    from unideploy.tools.convert import EXPORTERS, get_exporter
+
+    assert EXPORTERS.canonical(alias) == target
+    assert get_exporter(alias) is get_exporter(target)
+
+
+def test_export_to_a_backend_name_writes_that_target(tmp_path):
+    src = _tiny_onnx(tmp_path / "m.onnx")
+    out = unideploy.export(src, to="onnxruntime", out=tmp_path / "copy.onnx", simplify=False)
+    assert out == tmp_path / "copy.onnx" and out.is_file()
 
 
 @pytest.mark.parametrize("kwargs,error,message", BAD, ids=[b[2][:30] for b in BAD])

@@ -19,8 +19,8 @@ import pytest
 
 import unideploy
 from family_helpers import bgr_to_input, calibrate, export_onnx
-from unideploy.errors import InputError
-from unideploy.models.classify import IMAGENET_MEAN, IMAGENET_STD, to_probabilities
+from unideploy.core.errors import InputError
+from unideploy.runtime.families.classify import IMAGENET_MEAN, IMAGENET_STD, to_probabilities
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -83,7 +83,7 @@ def test_resize_numpy_twin_of_pillow():
     """The numpy resize (used without Pillow) against Pillow: exact for one-pass resizes, within 1 level else."""
     from PIL import Image
 
-    from unideploy.ops.resample import resize_pil
+    from unideploy.core.ops.resample import resize_pil
 
     rng = np.random.default_rng(0)
     for _ in range(12):
@@ -139,7 +139,7 @@ def test_ultralytics_cls_against_predict(yolo_cls, image_dir):
 
 @pytest.mark.slow
 def test_evaluate_classification(yolo_cls, image_dir, tmp_path):
-    from unideploy.evaluate.classify import evaluate_classification
+    from unideploy.tools.evaluate.classify import evaluate_classification
 
     files = sorted(image_dir.iterdir())
     with unideploy.load(yolo_cls) as pred:
@@ -166,7 +166,7 @@ def test_evaluate_classification(yolo_cls, image_dir, tmp_path):
 
 
 def test_evaluate_mapping_errors(resnet, image_dir, tmp_path):
-    from unideploy.evaluate.classify import evaluate_classification, map_classes
+    from unideploy.tools.evaluate.classify import evaluate_classification, map_classes
 
     _, path = resnet
     root = tmp_path / "val"

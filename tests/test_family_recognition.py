@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unideploy.backends.base import TensorInfo
-from unideploy.errors import ModelError
-from unideploy.models import get_adapter, list_families, resolve_adapter
-from unideploy.spec import ModelSpec, spec_from_metadata
+from unideploy.runtime.backends.base import TensorInfo
+from unideploy.core.errors import ModelError
+from unideploy.runtime.families import get_adapter, list_families, resolve_adapter
+from unideploy.core.spec import ModelSpec, spec_from_metadata
 
 F32 = np.dtype("float32")
 

@@ -116,7 +116,8 @@ def test_recognised_and_parity(v5_onnx, image_dir):
         assert det.image_shape == shape
         assert_same_detections(det, r[:, :4].numpy(), r[:, 4].numpy(), r[:, 5].numpy(), where=f.name)
         total += len(det)
-    print("boxes", total); assert total > 20 * len(files), "too few boxes for the comparison to exercise NMS"
+    print("boxes", total)
+    assert total > 20 * len(files), "too few boxes for the comparison to exercise NMS"
 
 
 def test_parity_options(v5_onnx, image_dir):

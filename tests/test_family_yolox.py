@@ -127,7 +127,8 @@ def test_parity(yolox_files, image_dir, decoded):
     for f, det, (b, s, c) in zip(files, ours, ref):
         assert_same_detections(det, b, s, c, where=f"{path.name}/{f.name}")
         total += len(det)
-    print("boxes", total); assert total > 10 * len(files), "too few boxes for the comparison to exercise NMS"
+    print("boxes", total)
+    assert total > 10 * len(files), "too few boxes for the comparison to exercise NMS"
 
 
 def test_preprocessing_matches_preproc(yolox_files, image_dir):

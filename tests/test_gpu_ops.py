@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SIZES, scene
 from parity import assert_same_detections
-from unideploy.ops.letterbox import letterbox
+from unideploy.core.ops.letterbox import letterbox
 
 torch = pytest.importorskip("torch")
 
@@ -19,7 +19,7 @@ TARGETS = [(320, 320), (640, 640), (256, 320), (384, 640)]
 @pytest.mark.parametrize("new_shape", TARGETS)
 @pytest.mark.parametrize("center", [True, False])
 def test_geometry_matches_ops_letterbox(new_shape, center):
-    from unideploy.gpu.letterbox import letterbox_geometry
+    from unideploy.runtime.gpu.letterbox import letterbox_geometry
 
     for h0, w0 in SIZES + [(1, 1), (7, 5), (3, 900), (641, 639)]:
         _, ref = letterbox(np.zeros((h0, w0, 3), np.uint8), new_shape, center=center)
@@ -28,7 +28,7 @@ def test_geometry_matches_ops_letterbox(new_shape, center):
 
 
 def test_resize_is_bit_exact_with_opencv():
-    from unideploy.gpu.letterbox import resize_linear
+    from unideploy.runtime.gpu.letterbox import resize_linear
 
     rng = np.random.default_rng(0)
     cases = 0
@@ -46,7 +46,7 @@ def test_resize_is_bit_exact_with_opencv():
 
 @pytest.mark.parametrize("new_shape", [(320, 320), (256, 320)])
 def test_letterbox_tensor_matches_ops_letterbox(new_shape):
-    from unideploy.gpu.letterbox import letterbox_batch
+    from unideploy.runtime.gpu.letterbox import letterbox_batch
 
     rng = np.random.default_rng(3)
     imgs = [scene(rng, h, w) for h, w in SIZES]
@@ -59,9 +59,9 @@ def test_letterbox_tensor_matches_ops_letterbox(new_shape):
 
 
 def test_normalize_matches_adapter():
-    from unideploy.gpu.letterbox import normalize_batch
-    from unideploy.models.base import Adapter
-    from unideploy.spec import ModelSpec
+    from unideploy.runtime.gpu.letterbox import normalize_batch
+    from unideploy.runtime.families.base import Adapter
+    from unideploy.core.spec import ModelSpec
 
     rng = np.random.default_rng(4)
     img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # BGR, already letterboxed
@@ -97,15 +97,17 @@ def raw_outputs(tmp_path_factory):
 @pytest.mark.parametrize("options", [dict(conf=0.25, iou=0.7), dict(conf=0.05, iou=0.5, max_det=20),
                                      dict(conf=0.25, iou=0.7, agnostic=True), dict(conf=0.1, iou=0.6, classes=[0, 3, 7])])
 def test_batched_postprocess_matches_adapter(raw_outputs, options):
-    from unideploy.gpu.postprocess import postprocess_batch
-    from unideploy.models.yolo import YoloAdapter
-    from unideploy.spec import ModelSpec
+    from unideploy.core.options import PostprocessOptions
+    from unideploy.core.spec import ModelSpec
+    from unideploy.runtime.families.yolo import YoloAdapter
+    from unideploy.runtime.gpu.postprocess import postprocess_batch
 
     pred, infos = raw_outputs
     names = {i: str(i) for i in range(80)}
     spec = ModelSpec(imgsz=(320, 320), names=names, family="yolo")
-    ref = YoloAdapter(spec).postprocess([pred.numpy()], infos, **options)
-    ours = postprocess_batch(pred, infos, names=names, **options)
+    opts = PostprocessOptions(**options)
+    ref = YoloAdapter(spec).postprocess([pred.numpy()], infos, opts)
+    ours = postprocess_batch(pred, infos, opts, names=names)
     assert len(ours) == len(ref)
     total = 0
     for i, (o, r) in enumerate(zip(ours, ref)):
@@ -118,10 +120,44 @@ def test_batched_postprocess_matches_adapter(raw_outputs, options):
 
 
 def test_postprocess_empty_and_padded_batch(raw_outputs):
-    from unideploy.gpu.postprocess import postprocess_batch
+    from unideploy.core.options import PostprocessOptions
+    from unideploy.runtime.gpu.postprocess import postprocess_batch
 
     pred, infos = raw_outputs
-    none = postprocess_batch(pred, infos, conf=1.0)  # strict "> conf": nothing passes
+    none = postprocess_batch(pred, infos, PostprocessOptions(conf=1.0))  # strict "> conf": nothing passes
     assert [len(d) for d in none] == [0] * len(infos)
-    partial = postprocess_batch(pred, infos[:3], conf=0.25)  # a padded batch: only the first 3 rows are images
+    partial = postprocess_batch(pred, infos[:3], PostprocessOptions(conf=0.25))  # a padded batch: only the first 3 rows are images
     assert len(partial) == 3
+
+
+def test_postprocess_without_torchvision_matches_adapter(raw_outputs, monkeypatch):
+    """Without torchvision, the batched postprocess falls back to the package's numpy NMS, image by image: the
+    same detections as the CPU adapter (several images, so a cross-image mix-up would show)."""
+    import sys
+
+    from unideploy.core.options import PostprocessOptions
+    from unideploy.core.spec import ModelSpec
+    from unideploy.runtime.families.yolo import YoloAdapter
+    from unideploy.runtime.gpu.postprocess import postprocess_batch
+
+    pred, infos = raw_outputs
+    names = {i: str(i) for i in range(80)}
+    opts = PostprocessOptions(conf=0.05, iou=0.5)
+    with_tv = postprocess_batch(pred, infos, opts, names=names)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)  # "from torchvision.ops import nms" -> ImportError
+    ours = postprocess_batch(pred, infos, opts, names=names)
+    ref = YoloAdapter(ModelSpec(imgsz=(320, 320), names=names, family="yolo")).postprocess([pred.numpy()], infos, opts)
+    assert len(infos) > 1 and sum(len(r) for r in ref) > 20
+    for i, (o, r, t) in enumerate(zip(ours, ref, with_tv)):
+        np.testing.assert_array_equal(o.class_id, r.class_id, err_msg=f"image{i}")
+        np.testing.assert_array_equal(o.confidence, r.confidence)
+        assert_same_detections(o, r.xyxy, r.confidence, r.class_id, px=1e-3, score_tol=0, where=f"image{i}")
+        assert_same_detections(o, t.xyxy, t.confidence, t.class_id, px=0, score_tol=0, where=f"image{i}")
+
+
+def test_postprocess_options_are_typed(raw_outputs):
+    from unideploy.runtime.gpu.postprocess import postprocess_batch
+
+    pred, infos = raw_outputs
+    with pytest.raises(TypeError):
+        postprocess_batch(pred, infos, conff=0.3)  # type: ignore[call-arg]  # a misspelt option is an error

@@ -1,4 +1,4 @@
-"""The GPU end-to-end pipeline. On the CPU (``allow_cpu``) it must give the CPU pipeline's detections; the
+"""The GPU end-to-end predictor. On the CPU (``allow_cpu``) it must give the CPU predictor's detections; the
 CUDA tests (nvJPEG, CUDA graphs, fp16, stream overlap) skip cleanly without a GPU."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 import unideploy
 from parity import assert_same_detections
-from unideploy.errors import DeviceError
+from unideploy.core.errors import DeviceError
 
 torch = pytest.importorskip("torch")
 CUDA = torch.cuda.is_available()
@@ -23,8 +23,8 @@ def torch_models(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cpu_run_matches_cpu_pipeline(torch_models, image_dir):
-    from unideploy.gpu import GpuPredictor
+def test_cpu_run_matches_cpu_predictor(torch_models, image_dir):
+    from unideploy.runtime.gpu import GpuPredictor
 
     files = sorted(image_dir.iterdir())
     bad = image_dir.parent / "gpu_bad.jpg"
@@ -51,8 +51,8 @@ def test_cpu_run_matches_cpu_pipeline(torch_models, image_dir):
 
 @pytest.mark.slow
 def test_cpu_predict_arrays_matches(torch_models, image_dir):
-    from unideploy.gpu import GpuPredictor
-    from unideploy.sources import read_image
+    from unideploy.runtime.gpu import GpuPredictor
+    from unideploy.core.sources import read_image
 
     imgs = [read_image(f) for f in sorted(image_dir.iterdir())[:6]]
     with unideploy.load(torch_models["pt"], backend="torch", conf=0.25) as ref_pred:
@@ -66,14 +66,14 @@ def test_cpu_predict_arrays_matches(torch_models, image_dir):
 @pytest.mark.slow
 def test_batch_none_means_the_gpu_default(torch_models):
     """`unideploy predict m.pt --device cuda:0` without --batch passes batch=None: the GPU default, not 1."""
-    from unideploy.gpu import GpuPredictor
+    from unideploy.runtime.gpu import GpuPredictor
 
     with GpuPredictor(torch_models["pt"], device="cpu", allow_cpu=True, batch=None) as pred:
         assert pred.batch == 32
 
 
 def test_refuses_cpu_without_allow_cpu(tmp_path):
-    from unideploy.gpu import GpuPredictor
+    from unideploy.runtime.gpu import GpuPredictor
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 84, 1), torch.nn.Flatten(2)).eval()
     path = tmp_path / "net.pt"
@@ -83,13 +83,13 @@ def test_refuses_cpu_without_allow_cpu(tmp_path):
 
 
 def test_selection_rule():
-    from unideploy.gpu import wants_gpu_pipeline
+    from unideploy.runtime.gpu import wants_gpu_predictor
 
-    assert wants_gpu_pipeline("torch", "cuda:0")
-    assert wants_gpu_pipeline(None, "cuda:1", "yolov8n.pt")
-    assert not wants_gpu_pipeline("torch", "cpu")
-    assert not wants_gpu_pipeline("onnxruntime", "cuda:0")
-    assert not wants_gpu_pipeline(None, "cuda:0", "model.onnx")
+    assert wants_gpu_predictor("torch", "cuda:0")
+    assert wants_gpu_predictor(None, "cuda:1", "yolov8n.pt")
+    assert not wants_gpu_predictor("torch", "cpu")
+    assert not wants_gpu_predictor("onnxruntime", "cuda:0")
+    assert not wants_gpu_predictor(None, "cuda:0", "model.onnx")
 
 
 # ------------------------------------------------------------------------------------------ CUDA
@@ -100,7 +100,7 @@ cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @cuda_only
 @pytest.mark.gpu
 def test_cuda_ops_match_cpu():
-    from unideploy.gpu.letterbox import letterbox_batch, resize_linear
+    from unideploy.runtime.gpu.letterbox import letterbox_batch, resize_linear
 
     rng = np.random.default_rng(0)
     img = torch.from_numpy(rng.integers(0, 256, (3, 333, 517), dtype=np.uint8))
@@ -113,9 +113,9 @@ def test_cuda_ops_match_cpu():
 @cuda_only
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_cuda_pipeline_matches_cpu_pipeline(torch_models, image_dir):
-    """fp32 on CUDA vs the CPU pipeline: boxes within 1 px, scores within 1e-3 (JPEG decoders differ: nvJPEG vs libjpeg)."""
-    from unideploy.gpu import GpuPredictor
+def test_cuda_run_matches_cpu_predictor(torch_models, image_dir):
+    """fp32 on CUDA vs the CPU predictor: boxes within 1 px, scores within 1e-3 (JPEG decoders differ: nvJPEG vs libjpeg)."""
+    from unideploy.runtime.gpu import GpuPredictor
 
     files = sorted(image_dir.iterdir())
     with unideploy.load(torch_models["pt"], backend="torch", conf=0.25) as ref_pred:
@@ -131,7 +131,7 @@ def test_cuda_pipeline_matches_cpu_pipeline(torch_models, image_dir):
 @cuda_only
 @pytest.mark.gpu
 def test_cuda_graph_replay_equals_eager(torch_models):
-    from unideploy.backends.torch import TorchBackend
+    from unideploy.runtime.backends.torch import TorchBackend
 
     x = torch.rand(4, 3, 320, 320, device="cuda")
     with TorchBackend.open(torch_models["pt"], "cuda:0", cuda_graph=False) as eager, \

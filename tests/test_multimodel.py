@@ -1,5 +1,5 @@
-"""Multi-model pipelines: YAML == Python API, stage values equal running the models by hand, sessions shared,
-types checked when built, parallel == sequential, built-in ops, CLI run/check/eval."""
+"""Multi-model graphs (the YAML files `unideploy pipeline` runs): YAML == Python API, stage values equal running
+the models by hand, sessions shared, types checked when built, parallel == sequential, built-in ops, CLI run/check/eval."""
 
 from __future__ import annotations
 
@@ -12,20 +12,10 @@ import yaml
 
 import unideploy
 from unideploy.cli.main import main
-from unideploy.errors import ModelError
-from unideploy.multimodel import (
-    Crop,
-    Filter,
-    Merge,
-    Model,
-    PerCrop,
-    Pipeline,
-    PipelineError,
-    Resize,
-    load_pipeline,
-)
-from unideploy.results import Classifications, Detections
-from unideploy.sources import read_image
+from unideploy.core.errors import ModelError
+from unideploy.apps.graphs import Crop, Filter, Graph, GraphError, Merge, Model, PerCrop, Resize, load_graph
+from unideploy.core.results import Classifications, Detections
+from unideploy.core.sources import read_image
 
 # ------------------------------------------------------------------------------ ops without any model
 
@@ -70,7 +60,7 @@ def test_filter_by_name_id_conf_area_and_max_det():
     assert Filter("f", classes=["a", 2]).run(d).class_id.tolist() == [0, 2, 0]
     assert Filter("f", min_conf=0.5, min_area=10).run(d).confidence.tolist() == pytest.approx([0.9, 0.95])
     assert Filter("f", max_det=2).run(d).confidence.tolist() == pytest.approx([0.9, 0.95])  # input order kept
-    with pytest.raises(PipelineError, match=r"class name\(s\) \['zebra'\] not among the model's classes"):
+    with pytest.raises(GraphError, match=r"class name\(s\) \['zebra'\] not among the model's classes"):
         Filter("f", classes=["zebra"]).run(d)
 
 
@@ -142,7 +132,7 @@ def test_yaml_equals_python_and_manual(models, image_dir, tmp_path):
     det, det2 = models
     y = write_yaml(det2.parent / "two_stage_test.yaml", two_stage_doc(det, det2))
     files = sorted(image_dir.iterdir())[:6]
-    py = Pipeline(
+    py = Graph(
         [
             Model("detect", det, conf=0.3),
             Filter("big", min_area=900, max_det=6),
@@ -155,7 +145,7 @@ def test_yaml_equals_python_and_manual(models, image_dir, tmp_path):
         ],
         output="mapped",
     )
-    with load_pipeline(y) as p, py, unideploy.load(det, conf=0.3) as p1, unideploy.load(det2, conf=0.3) as p2:
+    with load_graph(y) as p, py, unideploy.load(det, conf=0.3) as p1, unideploy.load(det2, conf=0.3) as p2:
         assert len(p._cache) == 2, "refine and other share one session"
         assert p.types == {
             "input": "image",
@@ -221,8 +211,8 @@ def test_parallel_equals_sequential(models, image_dir):
     doc = two_stage_doc(det, det2)
     files = sorted(image_dir.iterdir())[:4]
     with (
-        Pipeline.from_dict(doc, base_dir=det2.parent) as seq,
-        Pipeline.from_dict(doc, base_dir=det2.parent, parallel=True) as par,
+        Graph.from_dict(doc, base_dir=det2.parent) as seq,
+        Graph.from_dict(doc, base_dir=det2.parent, parallel=True) as par,
     ):
         assert [len(lv) for lv in par.levels] == [2, 2, 1, 1, 1, 1]
         for f in files:
@@ -266,18 +256,18 @@ BAD = [
 
 
 @pytest.mark.parametrize("doc,match", BAD, ids=range(len(BAD)))
-def test_bad_pipelines_fail_when_built(models, doc, match, tmp_path):
+def test_bad_graphs_fail_when_built(models, doc, match, tmp_path):
     det, _ = models
     doc = json.loads(json.dumps(doc).replace('"M"', json.dumps(str(det))))
-    with pytest.raises(PipelineError, match=match) as ei:
-        Pipeline.from_dict(doc, base_dir=tmp_path)
+    with pytest.raises(GraphError, match=match) as ei:
+        Graph.from_dict(doc, base_dir=tmp_path)
     assert "\n" not in str(ei.value)
 
 
 def test_missing_model_and_bad_yaml(tmp_path, capsys):
     y = write_yaml(tmp_path / "p.yaml", {"stages": [{"name": "d", "model": "missing.onnx"}]})
     with pytest.raises(ModelError, match=r"missing\.onnx"):
-        load_pipeline(y)
+        load_graph(y)
     (tmp_path / "bad.yaml").write_text("stages: [ {name: d, model: x\n")
     assert main(["pipeline", "check", str(tmp_path / "bad.yaml")]) == 1
     assert "bad.yaml: expected a pipeline YAML file, could not parse it" in capsys.readouterr().err
@@ -341,7 +331,7 @@ def test_cli_run_check_and_eval(models, tmp_path, capsys):
 def test_classifier_on_crops_relabels_detections(models, image_dir, tmp_path):
     """Detector -> crops -> classifier (random-weight YOLOv8n-cls exported by Ultralytics) -> relabelled boxes."""
     try:
-        from unideploy.models import get_adapter
+        from unideploy.runtime.families import get_adapter
 
         get_adapter("classify")
     except Exception:  # noqa: BLE001 - the classify adapter is another piece of work
@@ -370,7 +360,7 @@ def test_classifier_on_crops_relabels_detections(models, image_dir, tmp_path):
             {"name": "labelled", "op": "merge", "inputs": ["detect", "classify"], "score": "product"},
         ],
     }
-    with Pipeline.from_dict(doc) as p, unideploy.load(cls_path) as clf:
+    with Graph.from_dict(doc) as p, unideploy.load(cls_path) as clf:
         assert p.types["classify"] == "crops/classification"
         total = 0
         for f in files:
@@ -399,7 +389,7 @@ DEMO = Path(unideploy.__file__).resolve().parent / "assets" / "demo"
 def test_shipped_example_runs_and_evaluates_both_stages(tmp_path, capsys):
     """examples/detect_then_classify.yaml on the bundled demo val set: both stages reported and good."""
     try:
-        from unideploy.models import get_adapter
+        from unideploy.runtime.families import get_adapter
 
         get_adapter("classify")
     except Exception:  # noqa: BLE001

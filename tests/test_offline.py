@@ -12,9 +12,9 @@ import pytest
 
 import unideploy
 from conftest import has_module
-from unideploy import offline
+from unideploy.tools import offline
 from unideploy.cli.main import main
-from unideploy.errors import InputError
+from unideploy.core.errors import InputError
 
 
 def _assert_identical(ours, ref, where):

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from unideploy.backends.openvino import prune_cache
-from unideploy.errors import InputError
+from unideploy.runtime.backends.openvino import prune_cache
+from unideploy.core.errors import InputError
 
 ov = pytest.importorskip("openvino")
 onnx = pytest.importorskip("onnx")
@@ -49,7 +49,7 @@ def _tiny_onnx(path, channels):
 
 
 def test_open_caps_the_cache_folder(tmp_path):
-    from unideploy.backends.openvino import OpenVINOBackend
+    from unideploy.runtime.backends.openvino import OpenVINOBackend
 
     cache = tmp_path / "cache"
     a, b = _tiny_onnx(tmp_path / "a.onnx", 8), _tiny_onnx(tmp_path / "b.onnx", 16)
@@ -73,7 +73,7 @@ def test_open_caps_the_cache_folder(tmp_path):
 
 
 def test_bad_cap_is_one_clear_error(tmp_path):
-    from unideploy.backends.openvino import OpenVINOBackend
+    from unideploy.runtime.backends.openvino import OpenVINOBackend
 
     with pytest.raises(InputError, match="cache_max_mb must be a number of MB"):
         OpenVINOBackend.open(_tiny_onnx(tmp_path / "a.onnx", 4), "CPU", cache_dir=str(tmp_path / "c"), cache_max_mb="lots")

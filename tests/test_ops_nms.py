@@ -8,9 +8,9 @@ import importlib
 import numpy as np
 import pytest
 
-from unideploy.ops.nms import nms
+from unideploy.core.ops.nms import nms
 
-nms_mod = importlib.import_module("unideploy.ops.nms")  # the module (unideploy.ops re-exports the function)
+nms_mod = importlib.import_module("unideploy.core.ops.nms")  # the module (unideploy.core.ops re-exports the function)
 
 
 def greedy(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
@@ -77,3 +77,32 @@ def test_matches_torchvision():
         thr = float(rng.choice([0.45, 0.6, 0.7]))
         ref = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
         assert nms(boxes, scores, thr).tolist() == ref.tolist()
+
+
+@pytest.mark.parametrize("split", [1000, 10])
+def test_batched_nms_equals_torchvision(split):
+    """Class-aware NMS (the one YOLOX and NanoDet use) keeps what ``torchvision.ops.batched_nms`` keeps, in order,
+    on both of its branches (one offset NMS up to ``split`` boxes, class by class above)."""
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    from unideploy.core.ops.nms import batched_nms
+
+    rng = np.random.default_rng(split)
+    for trial in range(60):
+        n = int(rng.integers(0, 120))
+        boxes, scores = random_case(rng, n, ties=False, empty=False)
+        cls = rng.integers(0, 4, n)
+        thr = float(rng.choice([0.3, 0.5, 0.7]))
+        ref = tv.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(cls), thr)
+        got = batched_nms(boxes, scores, cls, thr, split=split)
+        assert got.tolist() == ref.tolist(), (trial, n, thr)
+        assert batched_nms(boxes, scores, cls, thr, split=split, max_keep=3).tolist() == ref[:3].tolist()
+        assert batched_nms(boxes, scores, cls, thr, agnostic=True).tolist() == nms(boxes, scores, thr).tolist()
+
+
+def test_families_share_the_one_nms():
+    from unideploy.core.ops.nms import batched_nms
+    from unideploy.runtime.families import nanodet, yolox
+
+    assert yolox.class_nms is batched_nms
+    assert nanodet.batched_nms is batched_nms

@@ -14,9 +14,9 @@ import pytest
 
 import unideploy
 from conftest import REPO
-from unideploy.errors import BackendUnavailableError, InputError, ModelError, SourceError
-from unideploy.backends.base import Backend
-from unideploy.backends.registry import _REGISTRY
+from unideploy.core.errors import BackendUnavailableError, InputError, ModelError, SourceError
+from unideploy.runtime.backends.base import Backend
+from unideploy.runtime.backends.registry import BACKENDS
 
 CLI = [sys.executable, "-m", "unideploy"]
 
@@ -89,7 +89,7 @@ BAD = [
     ("missing model", lambda t, m: ["predict", t / "missing.onnx", t / "a.jpg"], "model file not found"),
     ("imgsz mismatch", lambda t, m: ["predict", m, t / "a.jpg", "--imgsz", "640"], "fixed at"),
     ("unknown backend", lambda t, m: ["predict", m, t / "a.jpg", "--backend", "nosuch"], "valid backends"),
-    ("bad conf", lambda t, m: ["predict", m, t / "a.jpg", "--conf", "2"], "between 0 and 1"),
+    ("bad conf", lambda t, m: ["predict", m, t / "a.jpg", "--conf", "2"], "error: --conf must be between 0 and 1"),
     ("bad device", lambda t, m: ["predict", m, t / "a.jpg", "--device", "cuda:0"], "available providers"),
 ]
 
@@ -135,8 +135,8 @@ def test_runtime_not_installed_names_the_extra(monkeypatch):
         def open(cls, path, device=None, **options):
             cls.require()
 
-    monkeypatch.setitem(_REGISTRY, "fakert", f"{__name__}:FakeBackend")
-    globals()["FakeBackend"] = FakeBackend
+    monkeypatch.setattr(BACKENDS, "_targets", dict(BACKENDS._targets))  # restored after the test
+    BACKENDS.register("fakert", FakeBackend)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'unideploy\[fakert\]'"):
         FakeBackend.open("x.fake")
     assert "fakert" not in unideploy.list_backends(available_only=True)
@@ -202,3 +202,39 @@ def test_classifier_predict_writes_all_sinks(image_dir, tmp_path):
     top = [r for r in records if r["image_id"] == 1]
     assert top[0]["class_id"] == first.top1 and top[0]["score"] == pytest.approx(float(first.confidence[0]), abs=1e-5)
     assert len(list((tmp_path / "txt").glob("*.txt"))) == len(files) == len(list((tmp_path / "img").iterdir()))
+
+
+def test_library_predict_is_what_the_cli_runs(onnx_model, image_dir, tmp_path):
+    """unideploy.predict writes the same files as the command line and reports the same counts."""
+    from unideploy.core.sinks import CocoJsonSink, JsonLinesSink
+
+    proc = run_cli("predict", onnx_model, image_dir, "--conf", "0.3", "--save-json", tmp_path / "cli.json",
+                   "--save-jsonl", tmp_path / "cli.jsonl", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    with JsonLinesSink(tmp_path / "lib.jsonl") as extra:
+        s = unideploy.predict(onnx_model, image_dir, conf=0.3, save_json=CocoJsonSink(tmp_path / "lib.json"),
+                              sinks=[extra])
+    assert (tmp_path / "lib.json").read_text() == (tmp_path / "cli.json").read_text()
+    assert (tmp_path / "lib.jsonl").read_text() == (tmp_path / "cli.jsonl").read_text()
+    records = json.loads((tmp_path / "lib.json").read_text())
+    assert s.ok and s.images == len(list(image_dir.iterdir())) and s.detections == len(records) > 0
+    assert s.saved == [str(tmp_path / "lib.json")] and set(s.times) >= {"decode", "inference"}
+
+
+def test_option_errors_name_the_argument_or_the_flag(onnx_model, tmp_path):
+    from unideploy.cli.main import as_flag
+    from unideploy.core.errors import OptionError
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.full((64, 64, 3), 127, np.uint8))
+    with pytest.raises(OptionError, match=r"^conf must be between 0 and 1, got 2$"):
+        unideploy.predict(onnx_model, tmp_path, conf=2)
+    assert not list(tmp_path.glob("*.json"))
+    assert str(as_flag(OptionError("max_det", "must be a positive integer, got 0"))) == (
+        "--max-det must be a positive integer, got 0")
+    assert str(as_flag(OptionError("agnostic", "must be a bool"))) == "--agnostic-nms must be a bool"
+    from unideploy.tools.predict import load_kwargs
+
+    with pytest.raises(OptionError, match=r"nosuch is not a predict option; valid: .*backend"):
+        load_kwargs(nosuch=1)  # Ray's predict takes predict()'s arguments through it

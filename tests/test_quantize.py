@@ -23,8 +23,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("nncf")
 
 from export_helpers import SPEC, TinyDetector  # noqa: E402
-from unideploy.quantize import AccuracyDropError, CalibrationSet  # noqa: E402
-from unideploy.sinks import yolo_txt  # noqa: E402
+from unideploy.tools.quantize import AccuracyDropError, CalibrationSet  # noqa: E402
+from unideploy.core.sinks import yolo_txt  # noqa: E402
 from unideploy.testing import write_scenes  # noqa: E402
 
 needs_openvino = pytest.mark.skipif(not has_module("openvino"), reason="openvino not installed")
@@ -113,7 +113,7 @@ def test_calibration_tensors_are_predict_preprocessing(tiny_onnx, calib_dir, wor
     """Same tensors as Predictor.preprocess, for a spec with BGR order and mean/std (not the /255 default)."""
     spec = {**SPEC, "channel_order": "bgr", "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3), "resize": "stretch"}
     m = unideploy.export(tiny_onnx, out=work / "norm.onnx", spec=spec)
-    from unideploy.sources import read_image
+    from unideploy.core.sources import read_image
 
     with unideploy.load(m) as pred:
         calib = CalibrationSet(calib_dir, pred, samples=5)
@@ -145,7 +145,7 @@ def test_accuracy_gate_is_honoured(tiny_onnx, calib_dir, labelled, work):
     assert rg["int8_ops"] < rp["int8_ops"], "accuracy control should have put quantized layers back in float"
     assert abs(rg["fp32"]["mAP50-95"] - rp["fp32"]["mAP50-95"]) < 1e-9
     # the gated model, evaluated on its own through the public eval, shows the same accuracy
-    from unideploy.evaluate import evaluate
+    from unideploy.tools.evaluate import evaluate
 
     again = evaluate(gated.path, labelled, precision="f32")
     assert abs(again["mAP50-95"] - rg["int8"]["mAP50-95"]) < 1e-6
@@ -237,6 +237,16 @@ BAD = [
     (dict(samples=0), "--samples must be a positive integer, got 0"),
     (dict(ignore=["(unclosed"]), "--ignore expects a regular expression"),
 ]
+
+
+@pytest.mark.parametrize("given,backend,method", [("ov", "openvino", "nncf"), ("ORT", "onnxruntime", "ort"),
+                                                  ("onnx", "onnxruntime", "ort"), ("openvino", "openvino", "nncf")])
+def test_backend_aliases_come_from_the_backend_registry(given, backend, method):
+    from unideploy.tools.quantize import _backend_and_method
+    from unideploy.tools.quantize.methods import METHODS
+
+    assert _backend_and_method(given, None) == (backend, method)
+    assert METHODS.names() == ["nncf", "ort"]
 
 
 @pytest.mark.parametrize("kwargs,message", BAD, ids=[b[1][:32] for b in BAD])

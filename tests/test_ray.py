@@ -15,7 +15,7 @@ import yaml
 
 import unideploy
 from unideploy.cli.main import main
-from unideploy.serving import RequestError, check_options, parse_upload
+from unideploy.apps.serving import RequestError, check_options, parse_upload
 from unideploy.testing import free_port
 
 # ------------------------------------------------------------------------------ parsing (no Ray needed)
@@ -92,7 +92,7 @@ def test_check_options():
 def ray_local():
     pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from unideploy import distributed
+    from unideploy.apps import distributed
 
     ray = distributed.init(num_cpus=2)
     try:
@@ -196,8 +196,8 @@ def test_ray_predict_equals_single_process(ray_local, model, images, tmp_path):
 
 @pytest.mark.slow
 def test_ray_evaluate_equals_single_process(ray_local, model, images, tmp_path):
-    from unideploy import distributed
-    from unideploy.evaluate import evaluate
+    from unideploy.apps import distributed
+    from unideploy.tools.evaluate import evaluate
 
     root = tmp_path / "data"
     (root / "labels").mkdir(parents=True)
@@ -227,7 +227,7 @@ def test_ray_evaluate_equals_single_process(ray_local, model, images, tmp_path):
 def server(ray_local, model):
     from ray import serve
 
-    from unideploy.serving import build_app
+    from unideploy.apps.serving import build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

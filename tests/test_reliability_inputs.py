@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import unideploy
-import unideploy.sources as sources
+import unideploy.core.sources as sources
 from conftest import scene
 from reliability_helpers import (
     BACKENDS,
@@ -35,9 +35,9 @@ from reliability_helpers import (
     with_orientation,
 )
 from unideploy.cli.main import main
-from unideploy.errors import ImageDecodeError
-from unideploy.security import sniff_image
-from unideploy.sources import decode_image, read_image
+from unideploy.core.errors import ImageDecodeError
+from unideploy.core.security import sniff_image
+from unideploy.core.sources import decode_image, read_image
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -223,7 +223,7 @@ def test_pixel_cap_is_configurable(tmp_path, monkeypatch):
     assert decode_image(data, max_pixels=0).shape == (100, 200, 3)  # 0 = no limit
     path = tmp_path / "a.png"
     path.write_bytes(data)
-    code = f"import unideploy.sources as s\ntry:\n s.read_image({str(path)!r})\nexcept s.ImageDecodeError as e:\n print('REFUSED', e)"
+    code = f"import unideploy.core.sources as s\ntry:\n s.read_image({str(path)!r})\nexcept s.ImageDecodeError as e:\n print('REFUSED', e)"
     import subprocess
     import sys
 

@@ -24,8 +24,9 @@ import unideploy
 from conftest import has_module
 from reliability_helpers import BACKENDS, fuzz_settings, model_for
 from unideploy.cli.main import main
-from unideploy.errors import InputError, ModelError, UnideployError
-from unideploy.security import UnsafeModelError, check_onnx_external_data, onnx_external_refs, verify_sha256
+from unideploy.core.errors import InputError, ModelError, UnideployError, UnsafeModelError
+from unideploy.core.onnx_file import check_onnx_external_data, onnx_external_refs
+from unideploy.core.security import verify_sha256
 
 pytestmark = pytest.mark.timeout(600)
 onnx = pytest.importorskip("onnx")
@@ -152,7 +153,7 @@ def test_escaping_external_data_is_refused_before_the_runtime(layout, case, wher
     with pytest.raises(UnsafeModelError, match="tensor 'w' has external data at") as e:
         check_onnx_external_data(path)
     assert reason in str(e.value)
-    from unideploy.backends.registry import get_backend
+    from unideploy.runtime.backends.registry import get_backend
 
     for backend in ("onnxruntime", "openvino"):
         if not has_module(backend):
@@ -177,7 +178,7 @@ def test_cli_refuses_escaping_external_data_in_one_line(layout, capsys):
 def test_external_data_inside_the_folder_loads(layout, location, backend):
     if not has_module(backend):
         pytest.skip(f"{backend} not installed")
-    from unideploy.backends.registry import get_backend
+    from unideploy.runtime.backends.registry import get_backend
 
     path = save_with_location(matmul_model(), layout / "m", location)
     assert check_onnx_external_data(path)[0].location == location
@@ -253,10 +254,10 @@ def test_sha256_pinning(tiny, tmp_path, backend, monkeypatch):
         bad_bin = {None: digest, model.with_suffix(".bin").name: "0" * 64}
         with pytest.raises(ModelError, match=r"yolov8n\.bin: SHA-256 is [0-9a-f]{64}, expected 0{64}"):
             unideploy.load(model, sha256=bad_bin)
-    import unideploy.pipeline as pipeline
+    import unideploy.runtime.open as opener
 
     monkeypatch.setattr(
-        pipeline, "read_spec", lambda *a, **k: pytest.fail("the file was parsed before its digest was checked")
+        opener, "get_backend", lambda *a, **k: pytest.fail("the file was parsed before its digest was checked")
     )
     with pytest.raises(ModelError, match=rf"{model.name}: SHA-256 is {digest}, expected f{{64}} \(--model-sha256\)"):
         unideploy.load(model, backend=backend, sha256="f" * 64)
@@ -293,7 +294,7 @@ def test_native_engine_is_pinned_before_its_runtime_is_needed(tmp_path, monkeypa
         unideploy.load(engine, sha256="0" * 64)
     if has_module("ais_bench"):
         pytest.skip("the Ascend runtime is installed here")
-    from unideploy.errors import BackendUnavailableError
+    from unideploy.core.errors import BackendUnavailableError
 
     with pytest.raises(BackendUnavailableError, match="ais_bench"):
         unideploy.load(engine, sha256=sha(engine))
@@ -457,14 +458,42 @@ def test_fuzz_spec_reader_and_model_loading(tiny, tmp_path):
                 return
             target = xml_dir / tiny["openvino"].name
             (xml_dir / "metadata.yaml").write_text(payload)
-        for fn in (lambda: unideploy.spec.read_spec(target), lambda: unideploy.load(target).close()):
+        for fn in (lambda: unideploy.read_spec(target), lambda: unideploy.load(target).close()):
             try:
                 fn()
                 seen["ok"] = seen.get("ok", 0) + 1
             except UnideployError as e:
                 seen[type(e).__name__] = seen.get(type(e).__name__, 0) + 1
 
-    import unideploy.spec  # noqa: F401
-
     check()
     assert seen.get("ModelError", 0) + seen.get("SpecError", 0) > 0, seen
+
+
+def test_backend_options_are_declared_and_unknown_ones_refused(tiny):
+    """Each backend declares its options; a misspelt one is refused with the valid list, and the CLI's shared
+    options (--threads, --precision, --trust-pickle) are ignored by a backend that does not use them."""
+    import dataclasses
+
+    from unideploy.core.errors import OptionError
+    from unideploy.runtime.backends.registry import get_backend, list_backends
+
+    for name in list_backends():
+        cls = get_backend(name)
+        assert cls.option_names() == tuple(f.name for f in dataclasses.fields(cls.Options)), name
+    with pytest.raises(OptionError, match=r"thread is not a backend \(onnxruntime\) option; valid: .*inter_threads.*threads"):
+        unideploy.load(tiny["onnxruntime"], thread=2)
+    with unideploy.load(tiny["onnxruntime"], trust_pickle=True, threads=1) as p:
+        assert p.spec.imgsz == (64, 64)
+
+
+def test_onnx_file_is_parsed_once_when_opened(tiny, monkeypatch):
+    """One read of the ONNX file gives the spec's metadata and the external-data check before ORT loads it."""
+    import unideploy.runtime.backends.onnxruntime as ort_backend
+
+    calls = []
+    real = ort_backend.read_onnx
+    monkeypatch.setattr(ort_backend, "read_onnx", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(ort_backend, "read_onnx_metadata", lambda p: pytest.fail("the file was parsed a second time"))
+    with unideploy.load(tiny["onnxruntime"]) as p:
+        assert p.spec.imgsz == (64, 64)
+    assert len(calls) == 1

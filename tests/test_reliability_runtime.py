@@ -29,7 +29,7 @@ import pytest
 import unideploy
 from conftest import REPO, scene
 from reliability_helpers import BACKENDS, close_during_stream, model_for, snapshot
-from unideploy.sources import Source
+from unideploy.core.sources import Source
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +173,8 @@ def test_threads_sharing_one_predictor(tiny, files, backend, n_threads):
 CYCLES = r"""
 import gc, json, os, sys, threading
 import cv2, unideploy
-from unideploy.bench.timers import open_fds, os_threads
-from unideploy.errors import UnideployError
+from unideploy.tools.bench.timers import open_fds, os_threads
+from unideploy.core.errors import UnideployError
 model, backend, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 img = cv2.imread(files[0])
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import unideploy
-from unideploy.convert import export as convert_export
-from unideploy.errors import BackendError, BackendUnavailableError, InputError
+from unideploy.tools.convert import export as convert_export
+from unideploy.core.errors import BackendError, BackendUnavailableError, InputError
 
 DOUBLES = Path(__file__).resolve().parent / "doubles"
 
@@ -28,9 +28,9 @@ def toolkit_double(monkeypatch):
 
 
 def test_options_are_checked(tmp_path, toolkit_double):
-    from unideploy.convert import ExportOptions
-    from unideploy.convert.rknn import onnx_to_rknn
-    from unideploy.spec import ModelSpec
+    from unideploy.tools.convert import ExportOptions
+    from unideploy.tools.convert.rknn import onnx_to_rknn
+    from unideploy.core.spec import ModelSpec
 
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")
@@ -42,7 +42,7 @@ def test_options_are_checked(tmp_path, toolkit_double):
 
 
 def test_missing_toolkit_says_how_to_set_it_up(tmp_path, monkeypatch):
-    from unideploy.convert.rknn import toolkit_python
+    from unideploy.tools.convert.rknn import toolkit_python
 
     monkeypatch.delenv("UNIDEPLOY_RKNN_PYTHON", raising=False)
     monkeypatch.setenv("UNIDEPLOY_RKNN_VENV", str(tmp_path / "venv"))
@@ -52,8 +52,8 @@ def test_missing_toolkit_says_how_to_set_it_up(tmp_path, monkeypatch):
 
 
 def test_rknn_config_reproduces_the_spec_normalisation():
-    from unideploy.convert.rknn import rknn_config
-    from unideploy.spec import ModelSpec
+    from unideploy.tools.convert.rknn import rknn_config
+    from unideploy.core.spec import ModelSpec
 
     assert rknn_config(ModelSpec()) == ([[0.0, 0.0, 0.0]], [[255.0, 255.0, 255.0]])
     mean, std = rknn_config(ModelSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
@@ -121,7 +121,7 @@ def test_toolkit_failures_name_the_call(yolo_models, tmp_path, toolkit_double, m
 @pytest.mark.slow
 def test_real_toolkit_simulator(yolo_models, image_dir, tmp_path):
     """With a real rknn-toolkit2 (UNIDEPLOY_RKNN_PYTHON or the private venv): fp16 simulator vs ONNX Runtime."""
-    from unideploy.convert.rknn import toolkit_python
+    from unideploy.tools.convert.rknn import toolkit_python
 
     try:
         python = toolkit_python(install=False)
@@ -152,3 +152,22 @@ def test_compare_feeds_an_nhwc_uint8_candidate_its_own_encoding(yolo_models, ima
     assert not any(c.level == "tensor" and c.name == "input" for c in res.checks)
     (t,) = res.tensors
     assert t.shape == (1, 84, 2100) and t.to_dict()["cosine_min"] > 0.999
+
+
+@pytest.mark.parametrize("family", ["yolo", "yolov5", "yolox", "nanodet", "classify"])
+def test_calibration_set_uses_the_family_preprocessing(family, image_dir, tmp_path):
+    """INT8 calibration images are resized as the family's own adapter resizes them at prediction."""
+    from unideploy.core.sources import Source
+    from unideploy.core.spec import ModelSpec
+    from unideploy.runtime.backends.rknn_toolkit import calibration_set
+    from unideploy.runtime.families import get_adapter
+
+    spec = ModelSpec(task="classify" if family == "classify" else "detect", family=family, imgsz=(64, 96))
+    files = calibration_set(spec, image_dir, 3, tmp_path).read_text().split()
+    adapter = get_adapter(family)(spec)
+    images = [item.load() for _, item in zip(range(3), Source(image_dir))]
+    assert len(files) == len(images) == 3
+    for f, img in zip(files, images):
+        resized, _ = adapter.resize(img)
+        want = resized[..., ::-1] if adapter.spec.channel_order == "rgb" else resized
+        np.testing.assert_array_equal(np.load(f), want.transpose(2, 0, 1)[None])

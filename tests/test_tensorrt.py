@@ -6,17 +6,16 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 
 import unideploy
-from unideploy.errors import BackendUnavailableError, InputError
+from unideploy.core.errors import BackendUnavailableError, InputError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def test_profile_shapes():
-    from unideploy.convert.tensorrt import profile_shapes
+    from unideploy.tools.convert.tensorrt import profile_shapes
 
     assert profile_shapes([1, 3, 640, 640], (640, 640), batch=None, dynamic=False, extra={}) == ((1, 3, 640, 640),) * 3
     assert profile_shapes([None, 3, None, None], (320, 480), batch=8, dynamic=True, extra={}) == \
@@ -27,7 +26,7 @@ def test_profile_shapes():
 
 
 def test_ultralytics_engine_header():
-    from unideploy.backends.tensorrt import split_ultralytics_header
+    from unideploy.runtime.backends.tensorrt import split_ultralytics_header
 
     meta = json.dumps({"names": {"0": "a"}, "imgsz": [320, 320]}).encode()
     got, blob = split_ultralytics_header(len(meta).to_bytes(4, "little") + meta + b"\x00ENGINE")
@@ -36,9 +35,9 @@ def test_ultralytics_engine_header():
 
 
 def test_engine_options_checked_before_tensorrt(tmp_path):
-    from unideploy.convert import ExportOptions
-    from unideploy.convert.tensorrt import onnx_to_engine
-    from unideploy.spec import ModelSpec
+    from unideploy.tools.convert import ExportOptions
+    from unideploy.tools.convert.tensorrt import onnx_to_engine
+    from unideploy.core.spec import ModelSpec
 
     with pytest.raises(InputError, match="unknown engine option"):
         onnx_to_engine(tmp_path / "m.onnx", ModelSpec(), ExportOptions(extra={"turbo": 1}))
@@ -48,13 +47,13 @@ def test_engine_options_checked_before_tensorrt(tmp_path):
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_missing_tensorrt_names_the_extra(tmp_path):
-    from unideploy.backends.tensorrt import TensorRTBackend
+    from unideploy.runtime.backends.tensorrt import TensorRTBackend
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x" * 16)
     with pytest.raises(BackendUnavailableError, match=r"unideploy\[tensorrt\]"):
         TensorRTBackend.open(engine)
-    assert unideploy.backends.registry.backend_for_path(engine) == "tensorrt"
+    assert unideploy.runtime.backends.registry.backend_for_path(engine) == "tensorrt"
 
 
 @pytest.mark.gpu
@@ -64,7 +63,7 @@ def test_engine_matches_onnxruntime(yolo_models, image_dir, tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from unideploy.convert import export
+    from unideploy.tools.convert import export
 
     src = yolo_models["yolov8n"]["onnx"]
     engine = export(src, to="engine", out=tmp_path / "m.engine")

@@ -14,7 +14,7 @@ import pytest
 import unideploy
 from conftest import has_module, scene
 from unideploy.cli.main import main
-from unideploy.sources import Source, VideoStats, is_stream_url
+from unideploy.core.sources import Source, VideoStats, is_stream_url
 
 N_FRAMES = 12
 SIZE = (240, 320)  # h, w
@@ -191,8 +191,8 @@ def test_stream_urls_and_video_sink_errors(tmp_path):
     assert not is_stream_url("http://host/a.jpg") and not is_stream_url("clip.mp4")
     s = Source("rtsp://127.0.0.1:9/none")
     assert s.is_video and len(s) == 0
-    from unideploy.errors import InputError
-    from unideploy.sinks import VideoSink
+    from unideploy.core.errors import InputError
+    from unideploy.core.sinks import VideoSink
 
     with pytest.raises(InputError, match=r"out\.gif: expected a video file name ending in \.mp4"):
         VideoSink(tmp_path / "out.gif")

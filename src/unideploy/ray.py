@@ -1,4 +1,4 @@
-"""``unideploy.ray``: the Ray integration under the name the docs use; see :mod:`unideploy.distributed`.
+"""``unideploy.ray``: the Ray integration under the name the docs use; see :mod:`unideploy.apps.distributed`.
 
 Inside this package every ``import ray`` is absolute, so this module never shadows the real ``ray`` package
 (it would only if ``src/unideploy`` itself were put on ``sys.path``, which nothing does).
@@ -10,5 +10,5 @@ Example:
 
 from __future__ import annotations
 
-from .distributed import *  # noqa: F401,F403
-from .distributed import __all__  # noqa: F401
+from unideploy.apps.distributed import *  # noqa: F401,F403
+from unideploy.apps.distributed import __all__  # noqa: F401

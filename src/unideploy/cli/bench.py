@@ -23,7 +23,7 @@ def parse_options(items: list[str]) -> dict:
         >>> parse_options(["spin=false", "threads=2"])
         {'spin': False, 'threads': 2}
     """
-    from ..errors import InputError
+    from unideploy.core.errors import InputError
 
     out: dict = {}
     for item in items:
@@ -77,10 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the flags, call :func:`unideploy.bench.benchmark`, print the tables, write JSON / PNG."""
-    from ..bench import benchmark, render
-    from ..bench.timers import parse_duration
-    from ..errors import InputError
+    """Validate the flags, call :func:`unideploy.tools.bench.benchmark`, print the tables, write JSON / PNG."""
+    from unideploy.tools.bench import benchmark, render
+    from unideploy.tools.bench.timers import parse_duration
+    from unideploy.core.errors import InputError
 
     if args.warmup < 0:
         raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.requests is not None and args.mode != "async":
         raise InputError("--requests needs --mode async (sync mode runs one request at a time)")
     if args.plot:
-        from ..bench.plot import require_matplotlib
+        from unideploy.tools.bench.plot import require_matplotlib
 
         require_matplotlib()  # fail before the measurements, not after
     duration = parse_duration(args.time) if args.time else None
@@ -105,12 +105,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(render(report))
     if args.json:
-        from ..sinks import atomic_write_json
+        from unideploy.core.sinks import atomic_write_json
 
         atomic_write_json(args.json, report)
         print(f"saved {args.json}", file=sys.stderr)
     if args.plot:
-        from ..bench.plot import save_plot
+        from unideploy.tools.bench.plot import save_plot
 
         save_plot(report, args.plot)
         print(f"saved {args.plot}", file=sys.stderr)

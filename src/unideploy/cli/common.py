@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -23,14 +25,27 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="fully unpickle .pt checkpoints the safe loader refuses (runs any code in the file)")
 
 
-def predictor_kwargs(args: argparse.Namespace) -> dict:
-    kw = dict(backend=args.backend, device=args.device, imgsz=args.imgsz, batch=args.batch, family=args.family)
-    if args.threads:
-        kw["threads"] = args.threads
-    if getattr(args, "model_sha256", None):
-        kw["sha256"] = args.model_sha256
-    if getattr(args, "precision", None):
-        kw["precision"] = args.precision
-    if getattr(args, "trust_pickle", False):
-        kw["trust_pickle"] = True
-    return kw
+def model_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags of :func:`add_model_flags` as :func:`unideploy.predict`'s keyword arguments (all of them)."""
+    return {
+        "backend": args.backend, "device": args.device, "imgsz": args.imgsz, "batch": args.batch,
+        "family": args.family, "threads": args.threads, "sha256": getattr(args, "model_sha256", None),
+        "precision": getattr(args, "precision", None), "trust_pickle": getattr(args, "trust_pickle", False),
+    }
+
+
+def predictor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags as keyword arguments for :func:`unideploy.load`, unset ones left out."""
+    from unideploy.tools.predict import load_kwargs
+
+    return load_kwargs(**model_args(args))
+
+
+def report_failures(failures: list[tuple[str, str]]) -> int:
+    """Print the skipped items (``name: why``) on stderr; the exit status: 1 when any was skipped, else 0."""
+    if not failures:
+        return 0
+    print(f"{len(failures)} file(s) skipped:", file=sys.stderr)
+    for name, why in failures:
+        print(f"  {name}: {why}", file=sys.stderr)
+    return 1

@@ -89,7 +89,7 @@ def parse_options(items: list[str], flag: str) -> dict:
         >>> parse_options(["precision=f32", "threads=2"], "--option")
         {'precision': 'f32', 'threads': 2}
     """
-    from ..errors import InputError
+    from unideploy.core.errors import InputError
 
     out = {}
     for item in items:
@@ -101,7 +101,7 @@ def parse_options(items: list[str], flag: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import Thresholds, compare
+    from unideploy.tools.compare import Thresholds, compare
 
     th = Thresholds(atol=args.atol, rtol=args.rtol, max_fail_pct=args.max_fail_pct, min_cosine=args.min_cosine,
                     max_missed_frac=args.max_missed_frac, max_extra_frac=args.max_extra_frac,

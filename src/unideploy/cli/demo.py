@@ -1,4 +1,4 @@
-"""``unideploy demo``: the bundled model on every installed backend (see unideploy.demo)."""
+"""``unideploy demo``: the bundled model on every installed backend (see unideploy.apps.demo)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from unideploy.apps.demo import run_demo
 
     run_demo(args.out, model=args.model, data=args.data,
              backends=args.backends.split(",") if args.backends else None)

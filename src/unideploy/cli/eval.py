@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_flags, predictor_kwargs
+from unideploy.cli.common import add_model_flags, predictor_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,15 +42,15 @@ def format_report(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
-    from ..sinks import atomic_write_json
+    from unideploy.tools.evaluate import evaluate
+    from unideploy.core.sinks import atomic_write_json
 
     preds: list = []
-    if args.ray is not None:  # scale-out: unideploy.distributed owns this path
-        from ..distributed import evaluate as ray_evaluate, init
+    if args.ray is not None:  # scale-out: unideploy.apps.distributed owns this path
+        from unideploy.apps.distributed import evaluate as ray_evaluate, init
 
         if args.ray_actors < 1:
-            from ..errors import InputError
+            from unideploy.core.errors import InputError
 
             raise InputError(f"--ray-actors must be a positive integer, got {args.ray_actors}")
         init(None if args.ray == "local" else args.ray)

@@ -7,7 +7,7 @@ import sys
 
 
 def _parse_options(items: list[str] | None) -> dict[str, object]:
-    from ..errors import InputError
+    from unideploy.core.errors import InputError
 
     out: dict[str, object] = {}
     for item in items or []:
@@ -29,9 +29,9 @@ def _parse_options(items: list[str] | None) -> dict[str, object]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..convert import EXPORTERS  # a dict literal: cheap
+    from unideploy.tools.convert import EXPORTERS  # a registry of lazy "module:function" entries: cheap
 
-    targets = ", ".join(sorted(EXPORTERS))
+    targets = ", ".join(EXPORTERS.names())
     p = sub.add_parser("export", help="export/convert a model (Ultralytics .pt/.yaml, ONNX) to ONNX, OpenVINO IR, ...",
                        description="Export an Ultralytics .pt (or a .yaml config: random weights) or convert an ONNX "
                                    "model. The artefact carries its model spec (names, input size, task, family, "
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     import io
     import time
 
-    from ..convert import export
-    from ..spec import read_spec
+    from unideploy.tools.convert import export
+    from unideploy.runtime.open import read_spec
 
     t0 = time.perf_counter()
     log = io.StringIO()

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..offline import infer
+    from unideploy.tools.offline import infer
 
     opts = {"threads": args.threads} if args.threads else {}
     rep = infer(

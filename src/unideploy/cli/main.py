@@ -25,7 +25,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from unideploy import __version__
 
     parser = argparse.ArgumentParser(
         prog="unideploy",
@@ -37,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         importlib.import_module(f".{module}", __package__).add_parser(sub)
     return parser
+
+
+#: Python argument -> command-line flag, where the two are spelt differently (others: ``max_det`` -> ``--max-det``)
+FLAG_NAMES = {"agnostic": "agnostic-nms", "sha256": "model-sha256"}
+
+
+def as_flag(err: Exception) -> Exception:
+    """An :class:`~unideploy.core.errors.OptionError` as the command line spells it (``--conf``, not ``conf``)."""
+    from unideploy.core.errors import OptionError
+
+    if not isinstance(err, OptionError) or err.flag:
+        return err
+    return OptionError(FLAG_NAMES.get(err.option, err.option), err.problem).as_flag()
 
 
 def _red(text: str) -> str:
@@ -51,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    from ..errors import UnideployError
+    from unideploy.core.errors import UnideployError
 
     try:
         return int(args.func(args) or 0)
     except UnideployError as e:
         if args.debug:
             raise
-        print(_red(f"error: {e}"), file=sys.stderr)
+        print(_red(f"error: {as_flag(e)}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(_red("interrupted"), file=sys.stderr)

@@ -1,9 +1,11 @@
-"""``unideploy pipeline run|check|eval PIPELINE.yaml``: multi-model pipelines described in YAML."""
+"""``unideploy pipeline run|check|eval PIPELINE.yaml``: multi-model graphs (:mod:`unideploy.apps.graphs`) in YAML."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from unideploy.cli.common import report_failures
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,40 +40,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from ..multimodel import load_pipeline
+    from unideploy.apps.graphs import load_graph
 
-    with load_pipeline(args.pipeline) as p:
-        print(p.describe())
+    with load_graph(args.pipeline) as graph:
+        print(graph.describe())
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..multimodel import load_pipeline
-    from ..results import Detections
-    from ..sinks import JsonLinesSink, Sinks
-    from ..sources import Source
+    from unideploy.apps.graphs import load_graph
+    from unideploy.core.errors import InputError
+    from unideploy.core.results import Detections
+    from unideploy.core.sinks import JsonLinesSink, Sinks
+    from unideploy.core.sources import Outcome, Source
 
     source = Source(args.source, args.vid_stride)
     n_ok = 0
     failures: list[tuple[str, str]] = []
-    with load_pipeline(args.pipeline, parallel=args.parallel or None) as p:
-        if p.types[p.output] != "detections" and (args.save_json or args.save_txt or args.save_img):
-            from ..errors import InputError
-
+    with load_graph(args.pipeline, parallel=args.parallel or None) as graph:
+        if graph.types[graph.output] != "detections" and (args.save_json or args.save_txt or args.save_img):
             raise InputError(
                 f"--save-json/--save-txt/--save-img need an output stage of type detections; "
-                f"'{p.output}' gives {p.types[p.output]} (use --save-jsonl)"
+                f"'{graph.output}' gives {graph.types[graph.output]} (use --save-jsonl)"
             )
-        sinks = Sinks(args.save_json, args.save_txt, args.save_img)
-        jsonl = JsonLinesSink(args.save_jsonl) if args.save_jsonl else None
+        sinks = Sinks.from_paths(args.save_json, args.save_txt, args.save_img)
+        jsonl = JsonLinesSink(args.save_jsonl) if args.save_jsonl else None  # every stage's value, not an outcome
         try:
-            for item, res, err, img in p.stream(source, keep_images=sinks.wants_image):
+            for item, res, err, img in graph.stream(source, keep_images=sinks.wants_image):
                 if err is not None:
                     failures.append((item.name, str(err)))
                     continue
                 n_ok += 1
                 if isinstance(res.output, Detections):
-                    sinks.add(item.name, item.index, res.output, img)
+                    sinks.add(Outcome(item, res.output, image=img))
                 if jsonl is not None:
                     jsonl.write({"index": item.index, "frame": item.frame, **res.to_dict()})
         finally:
@@ -79,26 +80,21 @@ def run(args: argparse.Namespace) -> int:
             if jsonl is not None:
                 jsonl.close()
         if not args.quiet:
-            t = p.timings()
+            t = graph.timings()
             print(
                 f"{n_ok} image(s); per image: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()),
                 file=sys.stderr,
             )
-    if failures:
-        print(f"{len(failures)} file(s) skipped:", file=sys.stderr)
-        for name, why in failures:
-            print(f"  {name}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failures)
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from ..multimodel import load_pipeline
-    from ..multimodel.evaluate import evaluate_pipeline, format_report
-    from ..sinks import atomic_write_json
+    from unideploy.apps.graphs import load_graph
+    from unideploy.apps.graphs.evaluate import evaluate_graph, format_report
+    from unideploy.core.sinks import atomic_write_json
 
-    with load_pipeline(args.pipeline) as p:
-        report = evaluate_pipeline(p, args.data, images=args.images, progress=not args.quiet)
+    with load_graph(args.pipeline) as graph:
+        report = evaluate_graph(graph, args.data, images=args.images, progress=not args.quiet)
     print(format_report(report))
     for w in report["warnings"][:20]:
         print(f"warning: {w}", file=sys.stderr)

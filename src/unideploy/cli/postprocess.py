@@ -18,9 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, metavar="FILE", help="manifest.json written by 'unideploy preprocess'")
     p.add_argument("--family", default=None, help="force the model family adapter (default: recognised)")
     p.add_argument("--backend", default=None, help="backend used to read the outputs when there is no outputs.json")
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--conf", type=float, default=None,
+                   help="confidence threshold (default: the model family's; 0.25 for Ultralytics models)")
+    p.add_argument("--iou", type=float, default=None,
+                   help="NMS IoU threshold (default: the model family's; 0.7 Ultralytics, 0.45 YOLOv5/YOLOX)")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="maximum detections per image (default: the model family's; 300 for most)")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
     p.add_argument("--classes", default=None, help="keep only these class indices, e.g. 0,2")
     p.add_argument("--save-json", metavar="FILE", default=None, help="write COCO results JSON")
@@ -30,12 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..offline import postprocess
+    from unideploy.core.options import check_fraction
+    from unideploy.tools.offline import postprocess
 
-    for name, v in (("conf", args.conf), ("iou", args.iou)):
-        if not 0.0 <= v <= 1.0:
-            raise InputError(f"--{name} must be between 0 and 1, got {v}")
+    for name in ("conf", "iou"):
+        if getattr(args, name) is not None:
+            check_fraction(getattr(args, name), name)
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     res = postprocess(
         args.model,

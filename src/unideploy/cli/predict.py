@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from .common import add_model_flags, predictor_kwargs
+from unideploy.cli.common import add_model_flags, model_args, report_failures
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,9 +13,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run a model on an image, a folder, a glob or a video file and save the results.")
     add_model_flags(p)
     p.add_argument("source", help="image file, folder, glob pattern (quote it) or video file")
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--conf", type=float, default=None,
+                   help="confidence threshold (default: the model family's; 0.25 for Ultralytics models)")
+    p.add_argument("--iou", type=float, default=None,
+                   help="NMS IoU threshold (default: the model family's; 0.7 Ultralytics, 0.45 YOLOv5/YOLOX)")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="maximum detections per image (default: the model family's; 300 for most)")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
     p.add_argument("--classes", default=None, help="keep only these class indices, e.g. 0,2")
     p.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
@@ -35,70 +37,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import load
-    from ..sinks import JsonLinesSink, Sinks, VideoSink, draw_detections
-    from ..sources import Source
+    from unideploy.tools.predict import predict
 
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    if args.ray is not None:  # scale-out: unideploy.distributed owns this path
-        from ..distributed import predict_cli
-
-        return predict_cli(args, classes)
-    source = Source(args.source, args.vid_stride)
-    with load(args.model, conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic_nms,
-              classes=classes, **predictor_kwargs(args)) as predictor:
-        video_path = args.save_video
-        if source.is_video and args.save_img and not video_path:  # a video in, an annotated video out
-            video_path = str(Path(args.save_img) / f"{Path(str(source.video)).stem or 'stream'}.mp4")
-        sinks = Sinks(args.save_json, args.save_txt, None if source.is_video and video_path else args.save_img)
-        video = VideoSink(video_path) if video_path else None
-        jsonl = JsonLinesSink(args.save_jsonl) if args.save_jsonl else None
-        failures: list[tuple[str, str]] = []
-        n_ok = n_det = 0
-        bar = None
-        if not args.quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(source), unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True)
-        try:
-            for out in predictor.stream(source, keep_images=sinks.wants_image or video is not None):
-                if out.ok:
-                    n_ok += 1
-                    n_det += len(out.result)
-                    sinks.add(out.item.name, out.item.index, out.result, out.image)
-                    if video is not None:
-                        if video.frames == 0 and source.stats is not None:
-                            video.fps = source.stats.fps / source.vid_stride
-                        video.write(draw_detections(out.image, out.result))
-                else:
-                    failures.append((out.item.name, str(out.error)))
-                if jsonl is not None:
-                    jsonl.add(out.item.name, out.item.index, out.result, frame=out.item.frame,
-                              error=None if out.ok else str(out.error))
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            sinks.close()
-            if video is not None:
-                video.close()
-            if jsonl is not None:
-                jsonl.close()
+    post = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "agnostic": args.agnostic_nms,
+            "classes": classes}
+    if args.ray is not None:  # scale-out on Ray Data: the same arguments, another library call
+        return run_ray(args, post)
+    s = predict(args.model, args.source, **model_args(args), **post, vid_stride=args.vid_stride,
+                save_json=args.save_json, save_txt=args.save_txt, save_img=args.save_img, save_video=args.save_video,
+                save_jsonl=args.save_jsonl, progress=not args.quiet)
     if not args.quiet:
-        t = predictor.times.summary()
-        what = "classified" if predictor.task == "classify" else f"{n_det} detection(s)"
-        print(f"{n_ok} image(s), {what}; per image: decode {t['decode']*1e3:.1f} ms, "
+        t = s.times
+        what = "classified" if s.task == "classify" else f"{s.detections} detection(s)"
+        print(f"{s.images} image(s), {what}; per image: decode {t['decode']*1e3:.1f} ms, "
               f"preprocess {t['preprocess']*1e3:.1f} ms, inference {t['inference']*1e3:.1f} ms, "
               f"postprocess {t['postprocess']*1e3:.1f} ms", file=sys.stderr)
-        for path in (args.save_json, args.save_txt, args.save_img, video_path, args.save_jsonl):
+        for path in s.saved:
+            print(f"saved {path}", file=sys.stderr)
+    if s.video is not None and (not args.quiet or s.video.skipped or s.video.ended_early):
+        print(f"video: {s.video.describe()}", file=sys.stderr)
+    return report_failures(s.failures)
+
+
+def run_ray(args: argparse.Namespace, post: dict) -> int:
+    """``predict ... --ray [ADDRESS]``: the flags mapped onto :func:`unideploy.ray.predict`."""
+    from unideploy.apps.distributed import predict as ray_predict
+    from unideploy.core.errors import InputError
+
+    for flag in ("save_txt", "save_img", "save_video", "save_jsonl"):
+        if getattr(args, flag, None):
+            raise InputError(f"--{flag.replace('_', '-')} is not available with --ray; use --save-json or --save-parquet")
+    if args.ray_actors < 1:
+        raise InputError(f"--ray-actors must be a positive integer, got {args.ray_actors}")
+    results = ray_predict(args.model, args.source, address=None if args.ray == "local" else args.ray,
+                          concurrency=args.ray_actors, save_json=args.save_json, save_parquet=args.save_parquet,
+                          **model_args(args), **post)
+    failures = [(n, d) for n, d in results if isinstance(d, str)]
+    if not args.quiet:
+        n_det = sum(len(d) for _, d in results if not isinstance(d, str))
+        print(f"{len(results) - len(failures)} image(s), {n_det} detection(s) on Ray with {args.ray_actors} actor(s)",
+              file=sys.stderr)
+        for path in (args.save_json, args.save_parquet):
             if path:
                 print(f"saved {path}", file=sys.stderr)
-    if source.stats is not None and (not args.quiet or source.stats.skipped or source.stats.ended_early):
-        print(f"video: {source.stats.describe()}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} file(s) skipped:", file=sys.stderr)
-        for name, why in failures:
-            print(f"  {name}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failures)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_flags, predictor_kwargs
+from unideploy.cli.common import add_model_flags, predictor_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..offline import preprocess, read_manifest
+    from unideploy.tools.offline import preprocess, read_manifest
 
     path = preprocess(
         args.model,

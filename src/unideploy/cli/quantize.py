@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     import io
     import logging
 
-    from ..quantize import quantize
-    from ..sinks import atomic_write_json
+    from unideploy.tools.quantize import quantize
+    from unideploy.core.sinks import atomic_write_json
 
     # NNCF logs progress bars and INFO lines on stdout; keep them for --debug only
     quiet = contextlib.redirect_stdout(io.StringIO()) if not args.debug else contextlib.nullcontext()

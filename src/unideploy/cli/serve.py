@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_flags, predictor_kwargs
+from unideploy.cli.common import add_model_flags, predictor_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..serving import serve_model
+    from unideploy.apps.serving import serve_model
+    from unideploy.core.errors import InputError
+    from unideploy.core.options import check_fraction
 
-    for name, v in (("conf", args.conf), ("iou", args.iou)):
-        if not 0.0 <= v <= 1.0:
-            raise InputError(f"--{name} must be between 0 and 1, got {v}")
+    check_fraction(args.conf, "conf")
+    check_fraction(args.iou, "iou")
     sizes = (args.max_upload_mb, args.max_images, args.max_batch_size, args.max_queue, args.replicas)
     if min(sizes) <= 0:
         raise InputError(

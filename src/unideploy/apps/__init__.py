@@ -1,0 +1,1 @@
+"""unideploy.apps: see docs/architecture.md."""

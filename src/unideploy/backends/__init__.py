@@ -1,6 +1,0 @@
-"""Inference runtimes behind one contract (see ``base.py``)."""
-
-from .base import Backend, Session, TensorInfo, Timings
-from .registry import backend_for_path, get_backend, list_backends, register_backend
-
-__all__ = ["Backend", "Session", "TensorInfo", "Timings", "backend_for_path", "get_backend", "list_backends", "register_backend"]

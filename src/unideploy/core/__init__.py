@@ -1,0 +1,1 @@
+"""unideploy.core: see docs/architecture.md."""

@@ -1,0 +1,314 @@
+"""OpenVINO backend: CPU / GPU / AUTO devices, latency/throughput hints, compiled-model cache."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unideploy.core.cache import cache_dir
+from unideploy.core.errors import BackendError, DeviceError, InputError, ModelError
+from unideploy.core.onnx_file import check_external_refs, read_onnx, read_onnx_metadata
+from unideploy.core.options import BackendOptions
+from unideploy.core.spec import SPEC_KEY
+from unideploy.runtime.backends.base import AsyncRunner, Backend, Session, TensorInfo
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core(ov: Any) -> Any:
+    """One ``openvino.Core`` per process.
+
+    Creating and dropping a Core per model, with streams abandoned mid-way, corrupted the heap now and then
+    (openvino 2026.4: a segfault in about 8 of 20 runs of 100 create/close cycles, never with one shared Core).
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = ov.Core()
+        return _CORE
+
+
+def default_cache_dir() -> Path:
+    return cache_dir("openvino")
+
+
+def prune_cache(cache: str | Path, max_bytes: int, keep_since: float | None = None) -> list[Path]:
+    """Delete the oldest files of a compiled-model cache folder until it holds at most ``max_bytes``.
+
+    OpenVINO never evicts: every model (and every device/precision/hint) compiled with a cache folder leaves a
+    blob there (13 MB for YOLOv8n-640), and a machine that exports many models fills its disk. Oldest is by
+    modification time, i.e. when the blob was compiled (OpenVINO does not say which blob a cache hit read, so
+    use is not tracked); a pruned model is simply compiled again. Files modified at or after ``keep_since``
+    (this process's own compile) are never deleted. Returns the deleted paths.
+    """
+    files = []
+    for f in Path(cache).iterdir():
+        try:
+            st = f.stat()
+        except OSError:  # removed by another process meanwhile
+            continue
+        if stat.S_ISREG(st.st_mode):
+            files.append((st.st_mtime, f.name, st.st_size, f))
+    total = sum(size for _, _, size, _ in files)
+    removed: list[Path] = []
+    for mtime, _, size, f in sorted(files):
+        if total <= max_bytes or (keep_since is not None and mtime >= keep_since):
+            break
+        try:
+            f.unlink()  # a process reading it keeps its open handle (POSIX)
+        except OSError:
+            continue
+        total -= size
+        removed.append(f)
+    return removed
+
+
+def read_openvino_metadata(xml_path: str | Path) -> dict[str, str]:
+    """Ultralytics ``metadata.yaml`` beside an IR, plus a unideploy spec stored in its ``rt_info``.
+
+    Raises:
+        ModelError: the ``metadata.yaml`` is not a YAML mapping.
+    """
+    xml_path = Path(xml_path)
+    out: dict[str, str] = {}
+    yml = xml_path.parent / "metadata.yaml"
+    if yml.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(yml.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ModelError(f"{yml}: expected Ultralytics metadata YAML, could not parse it ({e})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{yml}: expected Ultralytics metadata YAML (a mapping), got a {type(data).__name__}")
+        out.update({str(k): (v if isinstance(v, str) else repr(v)) for k, v in data.items()})
+    text = xml_path.read_text(errors="replace")
+    i = text.rfind("<rt_info>")
+    if i >= 0:
+        m = re.search(r'<%s\s+value="([^"]*)"' % SPEC_KEY, text[i:])
+        if m:
+            out[SPEC_KEY] = html.unescape(m.group(1))
+    return out
+
+
+def _dims(pshape: Any) -> tuple[int | None, ...]:
+    return tuple(d.get_length() if d.is_static else None for d in pshape)
+
+
+class OpenVINOSession(Session):
+    backend = "openvino"
+    thread_safe = True  # one infer request per thread, created on first use
+
+    def __init__(self, path: Path, device: str, compiled: Any, meta: dict[str, str]):
+        super().__init__(path, device)
+        self.compiled = compiled
+        self._meta = meta
+        self._local = threading.local()
+        self._requests: list[Any] = []
+        self.inputs = [
+            TensorInfo(p.get_any_name(), _dims(p.get_partial_shape()), np.dtype(p.get_element_type().to_dtype()))
+            for p in compiled.inputs
+        ]
+        self.outputs = [
+            TensorInfo(p.get_any_name() if p.get_names() else f"output{i}", _dims(p.get_partial_shape()),
+                       np.dtype(p.get_element_type().to_dtype()))
+            for i, p in enumerate(compiled.outputs)
+        ]
+
+    def compute_precision(self) -> str | None:
+        """OpenVINO's INFERENCE_PRECISION_HINT of the compiled model: bf16 by default on CPUs with native bf16."""
+        try:
+            v = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # noqa: BLE001 - a device without the property
+            return None
+        return v.get_type_name() if hasattr(v, "get_type_name") else str(v)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    def _request(self) -> Any:
+        req = getattr(self._local, "req", None)
+        if req is None:
+            req = self.compiled.create_infer_request()
+            self._local.req = req
+            with self._lock:
+                self._requests.append(req)
+        return req
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        req = self._request()
+        t0 = time.perf_counter()
+        try:
+            req.infer(feeds, share_inputs=True)
+        except Exception as e:
+            raise BackendError(f"openvino failed to run {self.path.name}: {str(e).splitlines()[0]}") from None
+        self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
+        return [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+
+    def optimal_requests(self) -> int:
+        """OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS for the compiled model (1 under the latency hint)."""
+        try:
+            return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:
+            return 1
+
+    def async_runner(self, requests: int | None = None) -> AsyncRunner:
+        """A runner with ``requests`` infer requests of its own (default: OpenVINO's optimal number)."""
+        if self._closed:
+            raise BackendError(f"openvino session for {self.path.name} is closed")
+        return OpenVINOAsyncRunner(self, requests or self.optimal_requests())
+
+    def _close(self) -> None:
+        self._requests.clear()
+        self._local = threading.local()
+        self.compiled = None
+
+
+class OpenVINOAsyncRunner(AsyncRunner):
+    """:class:`AsyncRunner` with ``requests`` OpenVINO infer requests of its own, each driven by one worker
+    thread (``InferRequest.infer`` releases the GIL, so the runs overlap each other and the caller).
+
+    Why not ``AsyncInferQueue``: its completion callback runs Python on OpenVINO's executor threads, which
+    then own a Python thread state; when the compiled model (or its Core) is later destroyed from Python,
+    OpenVINO joins those threads while the destroying thread holds the GIL they need to exit, and the
+    process hangs (reproduced with openvino 2026.4 on CPU). Driving requests from Python threads keeps
+    Python off OpenVINO's threads and gives the same overlap.
+    """
+
+    def __init__(self, session: OpenVINOSession, requests: int = 1) -> None:
+        super().__init__(session, requests)
+        import queue
+
+        self._n_out = len(session.outputs)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.requests):
+            self._idle.put(session.compiled.create_infer_request())
+
+    def _job(self, feeds: dict[str, np.ndarray], fut: Any) -> None:
+        req = self._idle.get()
+        try:
+            fut.started = time.perf_counter()
+            req.infer(feeds, share_inputs=True)
+            fut.finished = time.perf_counter()
+            out = [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        except BaseException as e:
+            self._idle.put(req)
+            self._slots.release()
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fut.set_exception(BackendError(f"openvino failed to run {self.session.path.name}: {msg}")
+                              if isinstance(e, Exception) else e)
+            return
+        self._idle.put(req)
+        self._slots.release()
+        fut.set_result(out)
+
+    def _shutdown(self) -> None:
+        super()._shutdown()
+        while not self._idle.empty():
+            self._idle.get()
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions(BackendOptions):
+    """Options of :class:`OpenVINOBackend` (see its docstring)."""
+
+    hint: str = "latency"
+    cache_dir: str | os.PathLike | None = None
+    cache_max_mb: float | str | None = 1024
+    threads: int | None = None
+    precision: str | None = None
+
+
+class OpenVINOBackend(Backend):
+    """OpenVINO Runtime for IR (``.xml``) and ONNX files.
+
+    Devices: ``CPU``, ``GPU`` (``GPU.0`` …), ``NPU``, ``AUTO`` (case-insensitive).
+
+    Options:
+        hint: "latency" (default) or "throughput" (OpenVINO PERFORMANCE_HINT).
+        cache_dir: compiled-model cache (default ``~/.cache/unideploy/openvino``; "" disables it).
+        cache_max_mb: size cap of that folder; the oldest compiled blobs beyond it are deleted after each compile
+            (default 1024; 0 = no cap). See :func:`prune_cache`.
+        threads: inference threads.
+        precision: inference precision of float layers, "f32", "bf16" or "f16" (OpenVINO INFERENCE_PRECISION_HINT;
+            default: the device's choice, which is bf16 on CPUs with native bf16 support).
+    """
+
+    name = "openvino"
+    runtime_module = "openvino"
+    extra = "openvino"
+    suffixes = (".xml", ".onnx")
+    default_device = "CPU"
+    Options = OpenVINOOptions
+
+    @classmethod
+    def read_metadata(cls, path: str | Path) -> dict[str, str]:
+        """An IR's ``rt_info`` spec and Ultralytics ``metadata.yaml``; an ONNX file's ``metadata_props``."""
+        p = Path(path)
+        if p.suffix.lower() == ".onnx":
+            return read_onnx_metadata(p)
+        return read_openvino_metadata(p) if p.suffix.lower() == ".xml" else {}
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        ov = cls.require()
+        return list(shared_core(ov).available_devices) + ["AUTO"]
+
+    @classmethod
+    def open(cls, path: str | Path, device: str | None = None, **options: Any) -> OpenVINOSession:
+        ov = cls.require()
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        opts: OpenVINOOptions = cls.parse_options(options)
+        if path.suffix.lower() == ".onnx":  # one read and parse: metadata and external-data references
+            onnx = read_onnx(path).require_graph()
+            check_external_refs(path, onnx.external_refs)  # external data must stay inside the model's folder
+            meta = dict(onnx.metadata)
+        else:
+            meta = read_openvino_metadata(path) if path.suffix.lower() == ".xml" else {}
+        dev = (device or "CPU").upper()
+        core = shared_core(ov)
+        available = list(core.available_devices)
+        if dev.split(":")[0] not in ("AUTO", "MULTI", "HETERO") and dev not in available and dev.split(".")[0] not in available:
+            raise DeviceError(f"openvino device {device!r} is not available; available: {', '.join(available + ['AUTO'])}")
+        hint = str(opts.hint).upper()
+        if hint not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            raise DeviceError(f"openvino hint must be latency, throughput or cumulative_throughput, got {opts.hint!r}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if opts.threads:
+            config["INFERENCE_NUM_THREADS"] = int(opts.threads)
+        if opts.precision:
+            precision = str(opts.precision).lower().replace("fp", "f")
+            if precision not in ("f32", "bf16", "f16"):
+                raise DeviceError(f"openvino precision must be f32, bf16 or f16, got {opts.precision!r}")
+            config["INFERENCE_PRECISION_HINT"] = precision
+        cache = default_cache_dir() if opts.cache_dir is None else opts.cache_dir
+        if cache:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache)  # per compile: the Core is shared
+        try:
+            cache_max_mb = float(opts.cache_max_mb or 0)
+        except (TypeError, ValueError):
+            raise InputError(f"openvino cache_max_mb must be a number of MB (0 = no cap), got {opts.cache_max_mb!r}") from None
+        started = time.time() - 2  # coarse file-system timestamps: a blob written now never looks older than this
+        try:
+            compiled = core.compile_model(str(path), dev, config)
+        except Exception as e:
+            raise ModelError(f"{path}: openvino could not compile it for {dev}: {str(e).strip().splitlines()[0]}") from None
+        if cache and cache_max_mb > 0:
+            prune_cache(cache, int(cache_max_mb * 2**20), keep_since=started)
+        session = OpenVINOSession(path, dev, compiled, meta)
+        session.file_metadata = dict(meta)
+        return session

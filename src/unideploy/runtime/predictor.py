@@ -1,0 +1,269 @@
+"""Predictor: a model file opened once (session + spec + adapter); images -> results, batched.
+
+``Predictor.stream`` runs the threaded streaming engine of :mod:`unideploy.runtime.stream`; the process-wide
+settings a predictor applies (malloc arenas, OpenCV threads) live in :mod:`unideploy.runtime.process`, and
+:func:`unideploy.load` (which may return the GPU subclass) in :mod:`unideploy.runtime.load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from unideploy.core.errors import InputError
+from unideploy.core.ops.letterbox import LetterboxInfo
+from unideploy.core.options import PostprocessOptions, check_positive_int
+from unideploy.core.sources import read_image
+from unideploy.core.spec import ModelSpec
+from unideploy.runtime.backends.base import Session
+from unideploy.runtime.families.base import Adapter
+from unideploy.runtime.open import open_model
+from unideploy.runtime.process import set_cv_threads, set_malloc_arenas
+from unideploy.runtime.stream import (
+    TIMES_KEPT,
+    Outcome,
+    StageTimes,
+    StreamControl,
+    close_streams,
+    run_stream,
+)
+
+__all__ = ["TIMES_KEPT", "Outcome", "Predictor", "StageTimes", "set_malloc_arenas"]
+
+
+class Predictor:
+    """A model ready to predict.
+
+    Args:
+        model: path to a model file (.onnx, .xml, or a folder holding one .xml).
+        backend: backend name (default by file type: onnxruntime for .onnx, openvino for .xml).
+        device: device string for the backend ("cpu", "cuda:0", "CPU", "GPU", ...).
+        conf: confidence threshold. iou: NMS IoU threshold. max_det: detections kept per image. Each None (the
+            default) takes the model family's default (``Adapter.postprocess_defaults``: 0.25 / 0.7 / 300 for
+            Ultralytics models; YOLOv5 and YOLOX use iou 0.45 as their reference code does).
+        imgsz: input size for dynamic models (must match a static model's input).
+        batch: images per inference call for dynamic-batch models.
+        family: force a model family adapter instead of recognising it.
+        agnostic: class-agnostic NMS. classes: keep only these class indices (of the model's classes).
+        workers: decode/preprocess threads for streams.
+        cv_threads: OpenCV's own thread count, set process-wide (default 1: images are decoded and
+            preprocessed in parallel by ``workers`` already, and OpenCV's per-call threads on top of that
+            oversubscribe the cores and raised peak RSS by ~100 MB in benchmarks/vs_ultralytics.py; None
+            leaves OpenCV's setting alone).
+        requests: inference runs in flight for streams (default: ``Session.optimal_requests()``: OpenVINO's
+            OPTIMAL_NUMBER_OF_INFER_REQUESTS, 1 under the default latency hint; ONNX Runtime CPU 2 for small
+            inputs, 1 for large ones; 2 elsewhere).
+        malloc_arenas: glibc malloc arenas, set process-wide before the runtime starts its threads (default 1;
+            None leaves glibc's default of 8 per core). Each decode thread otherwise keeps its own arena holding
+            freed full-size frames: one arena lowered the peak RSS of a YOLOv8n-640 stream by ~22 MB (~9 %) at
+            the same images/s (benchmarks/vs_ultralytics.py). No effect off glibc.
+        spec: extra spec overrides (dict).
+        sha256: pinned SHA-256 of the model file ("HEX"), or of files beside it ("weights.bin=HEX"); a mismatch
+            raises ModelError before the file is parsed (see :func:`unideploy.core.security.verify_sha256`).
+        **backend_options: passed to ``Backend.open`` (threads, hint, cache_dir, ...).
+
+    Raises:
+        OptionError: a threshold or count out of range (the message names the argument), ``classes`` outside
+            the model's classes.
+
+    Example:
+        >>> import unideploy
+        >>> with unideploy.load("model.onnx") as predictor:  # doctest: +SKIP
+        ...     dets = predictor("bus.jpg")
+        ...     print(dets.xyxy, dets.class_names)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        backend: str | None = None,
+        device: str | None = None,
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        imgsz: int | Sequence[int] | None = None,
+        batch: int | None = None,
+        family: str | None = None,
+        agnostic: bool = False,
+        classes: Sequence[int] | None = None,
+        workers: int = 2,
+        cv_threads: int | None = 1,
+        requests: int | None = None,
+        malloc_arenas: int | None = 1,
+        spec: dict[str, Any] | None = None,
+        sha256: str | Sequence[str] | dict[str, str] | None = None,
+        **backend_options: Any,
+    ) -> None:
+        # every option is checked before the model is opened (a bad threshold fails fast)
+        options = PostprocessOptions(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, classes=classes)
+        if batch is not None:
+            batch = check_positive_int(batch, "batch")
+        if requests is not None:
+            requests = check_positive_int(requests, "requests")
+        if malloc_arenas is not None:
+            set_malloc_arenas(int(malloc_arenas))
+        opened = open_model(model, backend, device, family=family, imgsz=imgsz, spec=spec, sha256=sha256,
+                            backend_options=backend_options)
+        self.path, self.backend_name = opened.path, opened.backend_name
+        self.session: Session = opened.session
+        self.spec: ModelSpec = opened.spec
+        self.adapter: Adapter = opened.adapter
+        self.task = self.adapter.task
+        try:
+            #: what the caller set (None fields: the family's defaults); ``classes`` checked against the model's
+            self.options: PostprocessOptions = dataclasses.replace(options, num_classes=self.spec.num_classes or None)
+            fixed = self.session.inputs[0].shape[0]
+            self.fixed_batch = fixed
+            self.batch = fixed or int(batch or 1)
+            if fixed and batch and batch != fixed:
+                raise InputError(f"model input '{self.session.inputs[0].name}' has a fixed batch of {fixed}; "
+                                 f"--batch {batch} given")
+        except BaseException:
+            self.session.close()
+            raise
+        self.workers = max(1, int(workers))
+        if cv_threads is not None:
+            set_cv_threads(cv_threads)
+        self.requests = requests or self.session.optimal_requests()
+        self.times = StageTimes()
+        self._streams: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # generator -> StreamControl
+
+    # -- core -------------------------------------------------------------------------------------
+    def prepare(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """The geometric half of preprocessing: a BGR image -> the resized (letterboxed) uint8 image and its mapping."""
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+            raise InputError(f"image array must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        return self.adapter.resize(img)
+
+    def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """One BGR image -> (model input without the batch axis, mapping)."""
+        resized, info = self.prepare(img)
+        return self.adapter.to_tensor(resized), info
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the session on a preprocessed batch, padding to a fixed batch size if needed."""
+        n = len(batch)
+        if self.fixed_batch and n < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, pad])
+        out = self.session.run({self.session.inputs[0].name: batch})
+        return [o[:n] if o.ndim and o.shape[0] == len(batch) else o for o in out]
+
+    def postprocess_options(self, **options: Any) -> PostprocessOptions:
+        """The predictor's options with ``options`` (conf, iou, max_det, agnostic, classes, top_k) applied.
+
+        Raises:
+            OptionError: an unknown option (the message lists the valid ones) or a value out of range.
+        """
+        return self.options.updated(**options) if options else self.options
+
+    def predict_arrays(self, images: Sequence[np.ndarray], **options: Any) -> list[Any]:
+        """Results for decoded BGR uint8 images (any number; split into model batches).
+
+        Raises:
+            OptionError: an unknown or out-of-range postprocessing option.
+        """
+        return self._predict(images, self.postprocess_options(**options))
+
+    def _predict(self, images: Sequence[np.ndarray], opts: PostprocessOptions) -> list[Any]:
+        results: list[Any] = []
+        for i in range(0, len(images), self.batch):
+            chunk = [self.preprocess(im) for im in images[i : i + self.batch]]
+            results.extend(self._run_chunk(chunk, opts))
+        return results
+
+    def _run_chunk(self, chunk: list[tuple[np.ndarray, LetterboxInfo]], opts: PostprocessOptions) -> list[Any]:
+        x = np.stack([c[0] for c in chunk])
+        t0 = time.perf_counter()
+        out = self.infer(x)
+        t1 = time.perf_counter()
+        res = self.adapter.postprocess(out, [c[1] for c in chunk], opts)
+        t2 = time.perf_counter()
+        self.times.inference.append((t1 - t0) / len(chunk))
+        self.times.postprocess.append((t2 - t1) / len(chunk))
+        return res
+
+    def __call__(self, images: Any, **options: Any) -> Any:
+        """Predict one image (path or BGR array) -> one result; a list -> a list of results.
+
+        Raises:
+            ImageDecodeError: an image path cannot be read (use ``stream`` to skip bad files instead).
+            OptionError: an unknown or out-of-range postprocessing option.
+        """
+        single = not isinstance(images, (list, tuple))
+        seq = [images] if single else list(images)
+        opts = self.postprocess_options(**options)  # checked before any image is read
+        arrays = [im if isinstance(im, np.ndarray) else read_image(im) for im in seq]
+        res = self._predict(arrays, opts)
+        return res[0] if single else res
+
+    def stream(self, source: Any, *, keep_images: bool = False, vid_stride: int = 1, requests: int | None = None,
+               **options: Any) -> Iterator[Outcome]:
+        """Predict every item of a source, in order; bad items are yielded with their error, not raised.
+
+        The stages overlap (the engine of :mod:`unideploy.runtime.stream`): a dispatcher thread reads the
+        source and hands decoding + preprocessing to ``workers`` threads (bounded look-ahead), batches the
+        results in input order and starts inference through the session's
+        :class:`~unideploy.runtime.backends.base.AsyncRunner` (``requests`` runs in flight: OpenVINO infer
+        requests, ONNX Runtime runs); a postprocess thread turns each batch's outputs into results while the
+        next batches run. Every queue is bounded, and closing the generator
+        (``break``, an exception, Ctrl-C) stops and joins all of its threads before it returns.
+
+        Args:
+            source: anything :class:`~unideploy.core.sources.Source` accepts, or a Source.
+            keep_images: attach the decoded image to each Outcome (for drawing).
+            vid_stride: use every N-th video frame.
+            requests: inference runs in flight (default: the Predictor's ``requests``).
+            **options: postprocessing overrides (conf, iou, max_det, agnostic, classes, top_k), validated here.
+
+        Raises:
+            OptionError: an unknown or out-of-range option (before anything runs).
+            SourceError: the source names nothing usable (before the first item).
+            BackendError: the runtime failed on a batch.
+
+        Example:
+            >>> with unideploy.load("model.onnx") as p:  # doctest: +SKIP
+            ...     for out in p.stream("images/"):
+            ...         print(out.item.name, out.result if out.ok else out.error)
+        """
+        opts = self.postprocess_options(**options)
+        ctl = StreamControl()
+        gen = run_stream(self, source, keep_images, vid_stride, requests, opts, ctl)
+        self._streams[gen] = ctl
+        return gen
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def names(self) -> dict[int, str]:
+        return self.spec.names
+
+    def close(self) -> None:
+        """Stop the streams still open on this predictor (joining their threads), then close the session.
+
+        A stream suspended in this thread (or never started) is closed here. A stream another thread is
+        iterating is told to stop; that thread's next ``next()`` (or its wait inside one) ends it with a
+        BackendError saying the predictor was closed, and this call waits for it (up to 10 s).
+        """
+        close_streams(self._streams)
+        self.session.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Predictor {self.path.name} {self.adapter.name} on {self.backend_name}:{self.session.device} "
+                f"imgsz={self.spec.imgsz}>")

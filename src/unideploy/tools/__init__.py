@@ -1,0 +1,1 @@
+"""unideploy.tools: see docs/architecture.md."""

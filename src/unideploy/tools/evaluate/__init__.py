@@ -1,0 +1,123 @@
+"""Accuracy of a model on a labelled data set: COCO mAP for detectors, top-k for classifiers.
+
+Example:
+    >>> from unideploy.tools.evaluate import evaluate
+    >>> report = evaluate("model.onnx", "data.yaml", backend="openvino")  # doctest: +SKIP
+    >>> report["mAP50-95"], report["mAP50"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from unideploy.core.errors import SourceError
+from unideploy.core.progress import progress_bar
+from unideploy.core.sinks import coco_records
+from unideploy.tools.evaluate.datasets import Dataset, load_dataset
+from unideploy.tools.evaluate.metrics import coco_map
+
+__all__ = ["evaluate", "evaluate_detection", "load_dataset", "coco_map", "Dataset"]
+
+
+def _is_class_folder(p: Path) -> bool:
+    return p.is_dir() and any(d.is_dir() for d in p.iterdir())
+
+
+def evaluate(
+    model: Any,
+    data: str | Path,
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    images: str | Path | None = None,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+    progress: bool = False,
+    predictions_out: list | None = None,
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (a path or an open :class:`~unideploy.runtime.predictor.Predictor`) on ``data``.
+
+    Args:
+        model: model path or open Predictor (its conf/iou are overridden by the arguments here).
+        data: COCO instances JSON (+ ``images`` folder), Ultralytics data.yaml (val split), or for
+            classifiers a folder with one sub-folder of images per class.
+        conf, iou, max_det: postprocessing for evaluation (low conf, as Ultralytics val).
+        progress: show a progress bar on stderr.
+        predictions_out: if a list is given, the COCO-format predictions are appended to it.
+        **load_kwargs: passed to :func:`unideploy.load` when ``model`` is a path (imgsz, batch, family ...).
+
+    Returns:
+        For detection: {"mAP50-95", "mAP50", "mAP75", "per_class", "images", "skipped", "warnings",
+        "backend", "device", "model", "seconds", "images_per_s"} (metrics in 0..1).
+    """
+    from unideploy.runtime.load import load
+    from unideploy.runtime.predictor import Predictor
+
+    own = not isinstance(model, Predictor)
+    predictor = load(model, backend, device, **load_kwargs) if own else model
+    try:
+        data_p = Path(data)
+        if predictor.task == "classify" or _is_class_folder(data_p):
+            from unideploy.tools.evaluate.classify import evaluate_classification  # provided by the classification adapter work
+
+            return evaluate_classification(predictor, data_p, progress=progress)
+        return evaluate_detection(predictor, load_dataset(data_p, images), conf=conf, iou=iou, max_det=max_det,
+                                  progress=progress, predictions_out=predictions_out)
+    finally:
+        if own:
+            predictor.close()
+
+
+def evaluate_detection(
+    predictor: Any,
+    dataset: Dataset,
+    *,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+    progress: bool = False,
+    predictions_out: list | None = None,
+    on_result: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """COCO mAP of an open predictor on a loaded detection data set (see :func:`evaluate`)."""
+    if not dataset.samples:
+        raise SourceError(f"{dataset.source}: expected labelled images, found none")
+    paths = [s.path for s in dataset.samples]
+    records: list[dict] = []
+    skipped: list[str] = []
+    with progress_bar(len(paths), "eval", enabled=progress) as bar:
+        t0 = time.perf_counter()
+        for out in predictor.stream(paths, conf=conf, iou=iou, max_det=max_det):
+            if out.ok:
+                records.extend(coco_records(out.result, out.item.index + 1, out.item.name))
+                if on_result is not None:
+                    on_result(out)
+            else:
+                skipped.append(f"{out.item.name}: {out.error}")
+            bar.update(1)
+        seconds = time.perf_counter() - t0
+    gt = dataset.to_coco()
+    if skipped:  # an unreadable image cannot be scored: leave it out of the ground truth too
+        bad = {s.split(":")[0] for s in skipped}
+        keep_ids = {im["id"] for im in gt["images"] if im["file_name"] not in bad}
+        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep_ids],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep_ids]}
+    metrics = coco_map(gt, records, max_det=max_det)
+    if predictions_out is not None:
+        predictions_out.extend(records)
+    n = len(paths) - len(skipped)
+    return {
+        **metrics,
+        "images": n,
+        "skipped": skipped,
+        "warnings": list(dataset.warnings),
+        "backend": predictor.backend_name,
+        "device": str(predictor.session.device),
+        "model": str(predictor.path),
+        "seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else 0.0,
+    }

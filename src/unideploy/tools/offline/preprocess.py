@@ -1,0 +1,122 @@
+"""Stage 1 of 3: images -> one tensor file each (exactly what ``predict`` feeds the runtime) plus a manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unideploy.core.errors import InputError, SourceError, UnideployError
+from unideploy.core.sinks import atomic_write_json
+from unideploy.core.sources import Source
+from unideploy.tools.offline.files import FORMATS, MANIFEST_NAME, MANIFEST_VERSION, check_format, save_tensor, stem_for
+
+__all__ = ["preprocess", "read_manifest"]
+
+
+def preprocess(
+    model: str | os.PathLike,
+    source: Any,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "npy",
+    manifest: str | os.PathLike | None = None,
+    vid_stride: int = 1,
+    **predictor_kwargs: Any,
+) -> Path:
+    """Preprocess every image of ``source`` for ``model`` into tensor files plus a manifest.
+
+    The tensors are exactly what :class:`~unideploy.runtime.predictor.Predictor` feeds the runtime (same adapter),
+    each with a batch axis of 1. Images that cannot be decoded are listed under ``skipped`` in the manifest.
+
+    Args:
+        model: model file; its spec decides input size, layout, dtype and normalisation.
+        source: image, folder, glob, video file or list of paths (see :class:`~unideploy.core.sources.Source`).
+        out: folder for the tensor files (created).
+        fmt: ``"npy"`` (self-describing) or ``"bin"`` (raw bytes, ais_bench style).
+        manifest: manifest path (default ``out/manifest.json``).
+        vid_stride: every N-th frame of a video.
+        **predictor_kwargs: backend, device, imgsz, family, ... as for :func:`unideploy.load`.
+
+    Returns:
+        The manifest path.
+
+    Raises:
+        SourceError: the source names nothing usable, or no image could be decoded.
+
+    Example:
+        >>> manifest = preprocess("model.onnx", "images/", "pre/", fmt="bin")  # doctest: +SKIP
+    """
+    from unideploy.runtime.load import load
+
+    fmt = check_format(fmt, FORMATS, "--format")
+    out = Path(out)
+    src = source if isinstance(source, Source) else Source(source, vid_stride)
+    items: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    used: set[str] = set()
+    with load(model, **predictor_kwargs) as pred:
+        inp = pred.session.inputs[0]
+        out.mkdir(parents=True, exist_ok=True)
+        for item in src:
+            try:
+                img = item.load()
+                x, info = pred.preprocess(img)
+            except UnideployError as e:
+                skipped.append({"source": str(item.path or item.name), "error": str(e)})
+                continue
+            x = x[None]
+            stem = stem_for(item.name, used)
+            fname = f"{stem}.{fmt}"
+            save_tensor(out / fname, x)
+            items.append(
+                {
+                    "file": fname,
+                    "stem": stem,
+                    "name": item.name,
+                    "source": str(item.path) if item.path is not None else item.name,
+                    "frame": item.frame,
+                    "index": item.index,
+                    "orig_shape": list(info.orig_shape),
+                    "letterbox": info.to_dict(),
+                    "dtype": x.dtype.name,
+                    "shape": list(x.shape),
+                }
+            )
+        doc = {
+            "version": MANIFEST_VERSION,
+            "model": str(pred.path),
+            "input": {"name": inp.name, "shape": [d for d in inp.shape], "dtype": np.dtype(inp.dtype).name},
+            "format": fmt,
+            "spec": pred.spec.to_dict(),
+            "items": items,
+            "skipped": skipped,
+        }
+    if not items:
+        raise SourceError(f"{source}: no image could be preprocessed ({len(skipped)} skipped)")
+    mpath = Path(manifest) if manifest else out / MANIFEST_NAME
+    atomic_write_json(mpath, doc)
+    return mpath
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a manifest written by :func:`preprocess`.
+
+    Raises:
+        InputError: missing file, not JSON, or missing the ``items`` / ``spec`` entries.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: expected a manifest JSON written by 'unideploy preprocess', it does not exist")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: expected a manifest JSON, could not parse it ({e})") from None
+    if not isinstance(doc, dict) or "items" not in doc or "spec" not in doc:
+        raise InputError(f"{path}: expected a manifest with 'items' and 'spec' (written by 'unideploy preprocess')")
+    return doc

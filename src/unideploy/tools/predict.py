@@ -1,0 +1,219 @@
+"""``predict``: a model over a source (images, folders, globs, videos, streams) into sinks, bad items skipped.
+
+This is what ``unideploy predict`` runs: the command line parses its flags into these arguments, makes this one
+call and prints the :class:`PredictSummary`. Each ``save_*`` argument takes a path (the sink is built here) or a
+sink object (anything with ``add(outcome)`` and ``close()``, see :mod:`unideploy.core.sinks`); ``sinks`` adds more.
+
+Example:
+    >>> import unideploy
+    >>> s = unideploy.predict("model.onnx", "images/", conf=0.3, save_json="preds.json")  # doctest: +SKIP
+    >>> s.images, s.detections, s.failures  # doctest: +SKIP
+    (12, 57, [])
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unideploy.core.errors import InputError
+from unideploy.core.options import unknown_keys
+from unideploy.core.sinks import CocoJsonSink, ImageSink, JsonLinesSink, Sink, Sinks, VideoSink, YoloTxtSink
+from unideploy.core.sources import Source, VideoStats
+
+__all__ = ["LOAD_ARGS", "MODEL_ARGS", "POSTPROCESS_ARGS", "PredictSummary", "load_kwargs", "predict"]
+
+#: arguments that open the model (as for :func:`unideploy.load`)
+MODEL_ARGS = ("backend", "device", "imgsz", "batch", "family", "threads", "sha256", "precision", "trust_pickle")
+#: arguments that choose what postprocessing keeps (None: the model family's default)
+POSTPROCESS_ARGS = ("conf", "iou", "max_det", "agnostic", "classes")
+#: every argument :func:`load_kwargs` takes: the model's, postprocessing's, and ``backend_options``
+LOAD_ARGS = (*MODEL_ARGS, *POSTPROCESS_ARGS, "backend_options")
+
+PathOrSink = str | os.PathLike | Sink | None
+
+
+def load_kwargs(**args: Any) -> dict[str, Any]:
+    """Keyword arguments for :func:`unideploy.load` from :func:`predict`'s model and postprocess arguments.
+
+    Arguments left at None (and ``threads=0``, ``trust_pickle=False``) are left out, so each runtime and model
+    family keeps its own default; ``backend_options`` (a mapping of runtime settings) is spread in. Ray's
+    :func:`unideploy.ray.predict` takes the same arguments through this function.
+
+    Raises:
+        OptionError: a name that is not one of :data:`LOAD_ARGS` (the message lists them).
+
+    Example:
+        >>> load_kwargs(backend="onnxruntime", conf=0.3, device=None, threads=0)
+        {'backend': 'onnxruntime', 'conf': 0.3}
+    """
+    unknown_keys(args, LOAD_ARGS, "predict")
+    extra = dict(args.pop("backend_options", None) or {})
+    kw = {k: v for k, v in args.items() if v is not None and not (k in ("threads", "trust_pickle") and not v)}
+    clash = sorted(set(extra) & set(kw))
+    if clash:
+        raise InputError(f"backend_options repeats {', '.join(clash)}; give each setting once")
+    return {**kw, **extra}
+
+
+@dataclass
+class PredictSummary:
+    """What a :func:`predict` run did.
+
+    Attributes:
+        images: items (images or frames) with a result.
+        detections: boxes over all items (0 for a classifier).
+        task: the model's task (``"detect"``, ``"classify"``).
+        failures: ``(name, why)`` of every item that was skipped (unreadable, undecodable).
+        times: mean seconds per item of each stage: decode, preprocess, inference, postprocess.
+        seconds: wall time of the run, model loading excluded.
+        saved: the outputs written, as given (paths as strings; a video made from ``save_img`` included).
+        video: what reading a video or stream met (None for images).
+    """
+
+    images: int = 0
+    detections: int = 0
+    task: str = "detect"
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    saved: list[str] = field(default_factory=list)
+    video: VideoStats | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no item was skipped."""
+        return not self.failures
+
+
+def _as_sink(value: PathOrSink, kind: type) -> Sink | None:
+    if value is None or value == "":
+        return None
+    return value if hasattr(value, "add") and hasattr(value, "close") else kind(value)  # type: ignore[return-value]
+
+
+def _label(value: Any) -> str:
+    return str(getattr(value, "path", value)) if hasattr(value, "add") else str(value)
+
+
+def predict(
+    model: Any,
+    source: Any,
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    imgsz: int | Sequence[int] | str | None = None,
+    batch: int | None = None,
+    family: str | None = None,
+    threads: int | None = None,
+    sha256: str | Sequence[str] | None = None,
+    precision: str | None = None,
+    trust_pickle: bool = False,
+    backend_options: Mapping[str, Any] | None = None,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
+    agnostic: bool | None = None,
+    classes: Sequence[int] | None = None,
+    vid_stride: int = 1,
+    save_json: PathOrSink = None,
+    save_txt: PathOrSink = None,
+    save_img: PathOrSink = None,
+    save_video: PathOrSink = None,
+    save_jsonl: PathOrSink = None,
+    sinks: Sequence[Sink] = (),
+    progress: bool = False,
+) -> PredictSummary:
+    """Predict every item of ``source`` and hand each outcome to the sinks; unreadable items are skipped and
+    reported in the summary, not raised.
+
+    Args:
+        model: a model file (opened here and closed at the end), or an open
+            :class:`~unideploy.runtime.predictor.Predictor` (left open; the model arguments must then be unset).
+        source: an image, a folder, a glob, a video file, a stream URL, or a list of paths or BGR arrays.
+        backend, device, imgsz, batch, family, threads, sha256, precision, trust_pickle: as for
+            :func:`unideploy.load`. backend_options: further runtime settings (``hint``, ``cache_dir``, ...).
+        conf, iou, max_det, agnostic, classes: what postprocessing keeps (None: the model family's default).
+        vid_stride: use every N-th video frame.
+        save_json: COCO results JSON. save_txt: a folder of YOLO txt labels. save_img: a folder of annotated
+            images (for a video source without ``save_video``: one annotated video ``<save_img>/<name>.mp4``).
+            save_video: the annotated frames as one video (.mp4/.avi). save_jsonl: one JSON line per item.
+            Each is a path or a sink object.
+        sinks: further sinks.
+        progress: a progress bar on stderr.
+
+    Returns:
+        The :class:`PredictSummary`: counts, the skipped items with their reasons, per-stage times, outputs.
+
+    Raises:
+        SourceError: the source names nothing usable. ModelError, BackendError, OptionError: as :func:`unideploy.load`.
+
+    Example:
+        >>> s = predict("model.onnx", "clip.mp4", vid_stride=2, save_video="annotated.mp4")  # doctest: +SKIP
+        >>> print(s.video.describe())  # doctest: +SKIP
+    """
+    from unideploy.core.progress import progress_bar
+    from unideploy.runtime.load import load
+    from unideploy.runtime.predictor import Predictor
+
+    src = source if isinstance(source, Source) else Source(source, vid_stride)
+    post = {"conf": conf, "iou": iou, "max_det": max_det, "agnostic": agnostic, "classes": classes}
+    opened = not isinstance(model, Predictor)
+    if opened:
+        predictor = load(model, **load_kwargs(
+            backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads, sha256=sha256,
+            precision=precision, trust_pickle=trust_pickle, backend_options=backend_options, **post))
+        overrides: dict[str, Any] = {}
+    else:
+        given = load_kwargs(backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads,
+                            sha256=sha256, precision=precision, trust_pickle=trust_pickle,
+                            backend_options=backend_options)
+        if given:
+            raise InputError(f"{', '.join(given)}: these open a model; predict() was given an open Predictor")
+        predictor = model
+        overrides = {k: v for k, v in post.items() if v is not None}
+    summary = PredictSummary(task=predictor.task)
+    try:
+        video_out: Any = save_video
+        if src.is_video and save_img and not save_video:  # a video in, an annotated video out
+            video_out = str(Path(_label(save_img)) / f"{Path(str(src.video)).stem or 'stream'}.mp4")
+        group = Sinks(*(s for s in (
+            _as_sink(save_json, CocoJsonSink), _as_sink(save_txt, YoloTxtSink),
+            _as_sink(None if src.is_video and video_out else save_img, ImageSink),
+            _as_sink(video_out, VideoSink), _as_sink(save_jsonl, JsonLinesSink)) if s is not None), *sinks)
+        summary.saved = [_label(v) for v in (save_json, save_txt, save_img, video_out, save_jsonl) if v]
+        _run(predictor, src, group, summary, overrides, progress_bar(len(src) if progress else None, "predict", enabled=progress))
+    finally:
+        if opened:
+            predictor.close()
+    summary.times = predictor.times.summary()
+    summary.video = src.stats
+    return summary
+
+
+def _run(predictor: Any, src: Source, group: Sinks, summary: PredictSummary, overrides: dict[str, Any],
+         bar: Any) -> None:
+    """Stream ``src`` through ``predictor`` into ``group``, counting into ``summary``; closes the bar and sinks."""
+    videos = [s for s in group.sinks if isinstance(s, VideoSink) and s.fps is None]
+    t0 = time.perf_counter()
+    try:
+        for out in predictor.stream(src, keep_images=group.wants_image, **overrides):
+            if videos and src.stats is not None:  # the frame rate is known once the source is open
+                for v in videos:
+                    v.fps = src.stats.fps / src.vid_stride
+                videos = []
+            if out.ok:
+                summary.images += 1
+                summary.detections += len(out.result) if summary.task != "classify" else 0
+            else:
+                summary.failures.append((out.item.name, str(out.error)))
+            group.add(out)
+            bar.update(1)
+    finally:
+        bar.close()
+        group.close()
+        summary.seconds = time.perf_counter() - t0

@@ -1,0 +1,126 @@
+"""Before/after report of a quantization: size on disk, accuracy (with ``--data``), speed on this machine."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def measure_speed(model: str | os.PathLike, backend: str, *, device: str | None = None, runs: int = 50,
+                  warmup: int = 5, **backend_options: Any) -> dict[str, Any]:
+    """Latency and throughput of ``model`` on one preprocessed image, with the runtime's default settings.
+
+    * ``ms_per_image``: median latency of synchronous batch-1 runs (OpenVINO latency hint);
+    * ``images_per_s``: OpenVINO under the throughput hint with its optimal number of requests in flight
+      (``AsyncInferQueue``); ONNX Runtime one run at a time (its intra-op threads already use every core).
+
+    Timing loops are those of :mod:`unideploy.tools.bench` when it is installed.
+
+    Example:
+        >>> measure_speed("model_int8.xml", "openvino", runs=20)  # doctest: +SKIP
+        {'ms_per_image': 11.8, 'images_per_s': 121.5, 'requests': 2, 'runs': 20}
+    """
+    from unideploy.runtime.load import load
+
+    runs = max(1, int(runs))
+    with load(model, backend, device, **backend_options) as pred:
+        x = _input(pred)
+        lat = _sync_latencies(pred.session, x, runs, warmup)
+    lat_sorted = sorted(lat)
+    median = lat_sorted[len(lat_sorted) // 2]
+    out: dict[str, Any] = {"ms_per_image": median * 1e3 / len(x), "runs": runs}
+    if backend == "openvino":
+        with load(model, backend, device, hint="throughput", **backend_options) as pred:
+            ips, requests = _async_throughput(pred.session, x, runs * 2, warmup)
+        out.update(images_per_s=ips, requests=requests, mode="async")
+    else:
+        out.update(images_per_s=len(x) * len(lat) / sum(lat), requests=1, mode="sync")
+    return out
+
+
+def _input(pred: Any) -> Any:
+    try:
+        from unideploy.tools.bench.runners import input_batch
+
+        return input_batch(pred, pred.fixed_batch or 1)
+    except ImportError:
+        import numpy as np
+
+        img = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        x, _ = pred.preprocess(img)
+        return np.repeat(x[None], pred.fixed_batch or 1, axis=0)
+
+
+def _sync_latencies(session: Any, x: Any, runs: int, warmup: int) -> list[float]:
+    try:
+        from unideploy.tools.bench.runners import pure_inference
+
+        return list(pure_inference(session, x, warmup=warmup, loop=runs, mode="sync").latencies)
+    except ImportError:
+        feeds = {session.inputs[0].name: x}
+        for _ in range(warmup):
+            session.run(feeds)
+        lat = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            session.run(feeds)
+            lat.append(time.perf_counter() - t0)
+        return lat
+
+
+def _async_throughput(session: Any, x: Any, runs: int, warmup: int) -> tuple[float, int]:
+    try:
+        from unideploy.tools.bench.runners import pure_inference
+
+        r = pure_inference(session, x, warmup=warmup, loop=runs, mode="async")
+        return r.throughput, r.requests
+    except ImportError:
+        feeds = {session.inputs[0].name: x}
+        with session.async_runner() as runner:
+            for f in [runner.submit(feeds) for _ in range(warmup)]:
+                f.result()
+            t0 = time.perf_counter()
+            futures = [runner.submit(feeds) for _ in range(runs)]
+            for f in futures:
+                f.result()
+            wall = time.perf_counter() - t0
+            return len(x) * runs / wall, runner.requests
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a small before/after table.
+
+    Example:
+        >>> print(format_report(report))  # doctest: +SKIP
+    """
+    fp, q = r["fp32"], r["int8"]
+    rows = [("model", Path(fp["model"]).name, Path(q["model"]).name, ""),
+            ("size (MB)", _fmt(fp["size_mb"], ".2f"), _fmt(q["size_mb"], ".2f"), f"{fp['size_mb'] / q['size_mb']:.2f}x smaller")]
+    if "mAP50-95" in q:
+        d = r["accuracy_drop"]
+        rows.append(("mAP50-95", _fmt(fp["mAP50-95"], ".4f"), _fmt(q["mAP50-95"], ".4f"), f"{-d['mAP50-95'] * 100:+.2f} pts"))
+        rows.append(("mAP50", _fmt(fp["mAP50"], ".4f"), _fmt(q["mAP50"], ".4f"), f"{-d['mAP50'] * 100:+.2f} pts"))
+    if "ms_per_image" in q:
+        rows.append(("ms/image", _fmt(fp["ms_per_image"], ".2f"), _fmt(q["ms_per_image"], ".2f"),
+                     f"{fp['ms_per_image'] / q['ms_per_image']:.2f}x faster"))
+        rows.append((f"images/s ({q.get('mode', '')})", _fmt(fp["images_per_s"], ".1f"), _fmt(q["images_per_s"], ".1f"),
+                     f"{q['images_per_s'] / fp['images_per_s']:.2f}x"))
+    w0 = max(len(a) for a, *_ in rows)
+    w1 = max(len(b) for _, b, *_ in rows + [("", "FP32", "", "")])
+    w2 = max(len(c) for _, _, c, _ in rows + [("", "", "INT8", "")])
+    lines = [f"{'':<{w0}}  {'FP32':>{w1}}  {'INT8':>{w2}}"]
+    lines += [f"{a:<{w0}}  {b:>{w1}}  {c:>{w2}}  {d}" for a, b, c, d in rows]
+    cal = r["calibration"]
+    skipped = f", {len(cal['skipped'])} skipped" if cal["skipped"] else ""
+    head = (f"{r['backend']} / {r['method']} ({r['preset']} preset): {cal['images']} calibration images{skipped}, "
+            f"{r['quantize_s']:.1f} s; {r['int8_ops']} INT8 op(s), {r['float_nodes']} node(s) kept in float")
+    gate = r.get("gate")
+    if gate:
+        head += f"; accuracy gate --max-drop {gate['max_drop']}: {gate['result']}"
+    return "\n".join([head] + lines)

@@ -34,7 +34,8 @@ if tool == "ultralytics":
 else:
     import unideploy
     backend = tool.split(":")[1]
-    with unideploy.load(model, backend=backend, conf=0.25, iou=0.7) as p:
+    opts = {"in_model_preprocess": True} if tool.endswith(":in-model") else {}
+    with unideploy.load(model, backend=backend, conf=0.25, iou=0.7, **opts) as p:
         for out in p.stream(images):
             n += 1
             if first is None: first = time.time()
@@ -78,12 +79,14 @@ def main() -> None:
     configs = [("ultralytics", args.model, "onnxruntime"), ("unideploy:onnxruntime", args.model, "onnxruntime")]
     if args.ov:
         ov_dir = str(Path(args.ov).parent)
-        configs += [("ultralytics", ov_dir, "openvino"), ("unideploy:openvino", args.ov, "openvino")]
+        configs += [("ultralytics", ov_dir, "openvino"), ("unideploy:openvino", args.ov, "openvino"),
+                    ("unideploy:openvino:in-model", args.ov, "openvino")]  # PrePostProcessor, at any precision
     results: dict[tuple[str, str], list[dict]] = {}
     for rep in range(args.repeats):
         for tool, model, backend in configs:
             r = run_child(tool, model, args.images)
-            results.setdefault((tool.split(":")[0], backend), []).append(r)
+            results.setdefault((tool.split(":")[0] + (":in-model" if tool.endswith(":in-model") else ""), backend),
+                               []).append(r)
             print(f"  run {rep + 1}/{args.repeats} {tool:<22} {backend:<12} {r['ips']:.1f} img/s  cold {r['cold_s']:.2f} s  rss {r['rss_mb']:.0f} MB", file=sys.stderr)
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("ips", "cold_s", "rss_mb")} for k, v in results.items()}
     rows = []

@@ -8,6 +8,14 @@ from unideploy.core.cache import cache_dir
 from unideploy.core.progress import NullBar, progress_bar
 
 
+def test_no_bar_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr("unideploy.core.progress.on_terminal", lambda: False)
+    with progress_bar(3, "eval") as bar:
+        assert isinstance(bar, NullBar)
+        bar.update(3)
+    assert capsys.readouterr().err == ""
+
+
 def test_disabled_progress_bar_is_silent(capsys):
     with progress_bar(3, "eval", enabled=False) as bar:
         assert isinstance(bar, NullBar)
@@ -15,7 +23,8 @@ def test_disabled_progress_bar_is_silent(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_progress_bar_counts_on_stderr(capsys):
+def test_progress_bar_counts_on_stderr_of_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr("unideploy.core.progress.on_terminal", lambda: True)
     with progress_bar(2, "eval") as bar:
         bar.update(1)
         bar.update(1)

@@ -89,7 +89,7 @@ BAD = [
     ("missing model", lambda t, m: ["predict", t / "missing.onnx", t / "a.jpg"], "model file not found"),
     ("imgsz mismatch", lambda t, m: ["predict", m, t / "a.jpg", "--imgsz", "640"], "fixed at"),
     ("unknown backend", lambda t, m: ["predict", m, t / "a.jpg", "--backend", "nosuch"], "valid backends"),
-    ("bad conf", lambda t, m: ["predict", m, t / "a.jpg", "--conf", "2"], "error: --conf must be between 0 and 1"),
+    ("bad conf", lambda t, m: ["predict", m, t / "a.jpg", "--conf", "2"], "error: argument --conf: expected a number between 0 and 1, got '2'"),
     ("bad device", lambda t, m: ["predict", m, t / "a.jpg", "--device", "cuda:0"], "available providers"),
 ]
 

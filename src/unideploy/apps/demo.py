@@ -3,7 +3,7 @@
 The demo model (a YOLOv8n trained on the project's synthetic shapes data set, see tools/DEMO.md) and its
 validation split ship inside the package, so the demo needs no download. For each backend variant it
 predicts the validation images (annotated copies written), evaluates mAP, measures images/s, and writes
-a table (stdout), ``report.json``, ``report.md`` with a bar chart and a grid of annotated images. Where NNCF
+a table (stdout), ``report.json`` (every path in it absolute), ``report.md`` with a bar chart and a grid of annotated images. Where NNCF
 is installed (``unideploy[quantize]``) the OpenVINO IR is also quantized to INT8 (post-training, calibrated
 on the validation images: the demo ships no other split) and run as one more row, and the INT8 model's
 detections are compared box by box with the FP32 model's (``unideploy compare``, task level).
@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from unideploy.core.errors import SourceError
+from unideploy.core.precision import PRECISIONS, precision_label
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"  # src/unideploy/assets/demo
 DEMO_MODEL = ASSETS / "shapes_yolov8.onnx"
@@ -103,9 +104,11 @@ def _int8_ir(ir: Path, calib: list[Path], models_dir: Path, log: Callable[[str],
     if dest.exists() and dest.stat().st_mtime >= ir.stat().st_mtime:
         return dest
     from unideploy.tools.quantize import quantize
+    from unideploy.tools.quantize.methods import quiet_third_party
 
     log(f"quantizing {ir.name} to INT8 (NNCF, {len(calib)} calibration images)")
-    return Path(quantize(ir, calib, backend="openvino", out=dest, speed=False, write_report=False).path)
+    with quiet_third_party():  # NNCF's INFO lines and prints: the demo shows its own progress lines only
+        return Path(quantize(ir, calib, backend="openvino", out=dest, speed=False, write_report=False).path)
 
 
 def _speed(predictor: Any, images: list[Path], repeats: int = 1) -> tuple[float, float]:
@@ -149,10 +152,10 @@ def run_demo(
         with load(v.model, backend=v.backend, device=v.device, conf=0.25) as pred:
             predict(pred, images, save_json=out / tag / "predictions.json", save_img=out / tag / "images")
             ms, ips = _speed(pred, images)
-            compute = {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}.get(pred.session.compute_precision() or "")
+            compute = PRECISIONS.get(str(pred.session.compute_precision() or "").lower())
             log(f"[{tag}] evaluating mAP")
             metrics = evaluate_detection(pred, dataset)
-        rows.append(Row(v.backend, v.device, v.precision, str(v.model), round(model_size_bytes(v.model) / 1e6, 2),
+        rows.append(Row(v.backend, v.device, v.precision, str(v.model.resolve()), round(model_size_bytes(v.model) / 1e6, 2),
                         metrics["mAP50-95"], metrics["mAP50"], ms, ips, metrics["images"],
                         {"per_class": metrics["per_class"], "note": v.note, "compute_precision": compute}))
     if not rows:
@@ -161,7 +164,7 @@ def run_demo(
     print(table)
     int8_check = _int8_vs_fp32(rows, images, log)
     report = {
-        "model": str(model), "data": str(data), "rows": [asdict(r) for r in rows],
+        "model": str(model.resolve()), "data": str(data.resolve()), "rows": [asdict(r) for r in rows],
         "machine": {"system": platform.platform(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "versions": _versions(),
@@ -176,8 +179,7 @@ def run_demo(
 
 
 def _precision_label(r: Row) -> str:
-    compute = r.extra.get("compute_precision")
-    return f"{r.precision} ({compute})" if compute and compute != r.precision else r.precision
+    return precision_label(r.precision, r.extra.get("compute_precision"))
 
 
 def format_table(rows: list[Row]) -> str:
@@ -271,7 +273,7 @@ def _markdown(rows: list[Row], table: str, chart: Path | None, grid: Path | None
              "ms/img and img/s are end to end (read, decode, preprocess, inference, postprocess) at conf 0.25; "
              "mAP is COCO mAP (pycocotools) at conf 0.001, IoU 0.7, 300 detections per image. A precision in "
              "brackets is what the runtime computes float layers in (OpenVINO picks bf16 on CPUs that support it; "
-             "`unideploy predict|eval|bench --precision f32` keeps fp32).", ""]
+             "`unideploy predict|eval|bench --precision fp32` keeps fp32; f32 is accepted too).", ""]
     if int8:
         parts += [f"INT8 (OpenVINO, NNCF post-training, calibrated on these images) against FP32, box by box "
                   f"(`unideploy compare`, task level): {int8['matched']} of {int8['ref_boxes']} boxes matched, "

@@ -5,25 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unideploy.cli.common import add_model_flags, predictor_kwargs
+from unideploy.cli.common import add_model_flags, check_outputs, examples, fraction, positive_int, predictor_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy on a labelled data set (COCO mAP, top-k)",
                        description="Evaluate a model on a COCO JSON + images, an Ultralytics data.yaml (val split), "
-                                   "or a folder with one sub-folder per class (classifiers).")
+                                   "or a folder with one sub-folder per class (classifiers).",
+                       epilog=examples("unideploy eval model.onnx --data val/data.yaml",
+                                       "unideploy eval model.onnx --data annotations/instances_val.json --images val/ "
+                                       "--json report.json",
+                                       "unideploy eval model_openvino_model/ --data val/data.yaml --precision fp32"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(p)
     p.add_argument("--data", required=True, help="COCO instances JSON, data.yaml, or class-per-folder directory")
     p.add_argument("--images", default=None, help="image folder for a COCO JSON (default: found beside it)")
-    p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (default 0.001)")
-    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
-    p.add_argument("--max-det", type=int, default=300, help="detections per image (default 300)")
+    p.add_argument("--conf", type=fraction, default=0.001, help="confidence threshold, 0..1 (default 0.001)")
+    p.add_argument("--iou", type=fraction, default=0.7, help="NMS IoU threshold, 0..1 (default 0.7)")
+    p.add_argument("--max-det", type=positive_int, default=300, help="detections per image (default 300)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
     p.add_argument("--save-predictions", metavar="FILE", default=None, help="write the COCO results JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="predict on Ray Data (a local instance, or the cluster at ADDRESS); needs the ray extra")
-    p.add_argument("--ray-actors", type=int, default=2, help="with --ray: predictor actors (default 2)")
+    p.add_argument("--ray-actors", type=positive_int, default=2, help="with --ray: predictor actors (default 2)")
     p.set_defaults(func=run)
 
 
@@ -46,13 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from unideploy.core.sinks import atomic_write_json
 
     preds: list = []
+    check_outputs(files={"--json": args.json, "--save-predictions": args.save_predictions})
     if args.ray is not None:  # scale-out: unideploy.apps.distributed owns this path
         from unideploy.apps.distributed import evaluate as ray_evaluate, init
 
-        if args.ray_actors < 1:
-            from unideploy.core.errors import InputError
-
-            raise InputError(f"--ray-actors must be a positive integer, got {args.ray_actors}")
         init(None if args.ray == "local" else args.ray)
         report = ray_evaluate(args.model, args.data, images=args.images, conf=args.conf, iou=args.iou,
                               max_det=args.max_det, concurrency=args.ray_actors, **predictor_kwargs(args))

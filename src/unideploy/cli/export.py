@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from unideploy.cli.common import examples, positive_int
+
 
 def _parse_options(items: list[str] | None) -> dict[str, object]:
     from unideploy.core.errors import InputError
@@ -35,14 +37,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export/convert a model (Ultralytics .pt/.yaml, ONNX) to ONNX, OpenVINO IR, ...",
                        description="Export an Ultralytics .pt (or a .yaml config: random weights) or convert an ONNX "
                                    "model. The artefact carries its model spec (names, input size, task, family, "
-                                   f"normalisation), so predict needs no extra flags. Targets: {targets}.")
+                                   f"normalisation), so predict needs no extra flags. Targets: {targets}.",
+                       epilog=examples("unideploy export yolov8n.pt", "unideploy export yolov8n.onnx --to openvino",
+                                       "unideploy export yolov8n.pt --imgsz 320 --dynamic --out yolov8n_dyn.onnx"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="Ultralytics .pt checkpoint or .yaml config, or an .onnx file")
     p.add_argument("--to", default="onnx", metavar="TARGET", help=f"target format: {targets} (default onnx)")
     p.add_argument("--out", default=None, help="output file or folder (default: beside the model, named after it)")
     p.add_argument("--imgsz", default=None, help="static input size: 640 or 480,640 (default: the model's)")
-    p.add_argument("--batch", type=int, default=None, help="static batch size (default 1)")
+    p.add_argument("--batch", type=positive_int, default=None, help="static batch size (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--half", action="store_true", help="FP16 weights")
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="keep the ONNX graph unsimplified")
     p.add_argument("--passes", default=None, help="graph passes, comma-separated: silu, static_grid")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unideploy.cli.common import report_failures
+from unideploy.cli.common import check_outputs, examples, positive_int, report_failures
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,12 +14,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="multi-model pipelines (detect -> crop -> classify ...) from YAML",
         description="Run, check or evaluate a pipeline of models and built-in ops described in YAML "
         "(see docs/offline_pipelines.md).",
+        epilog=examples("unideploy pipeline check plates.yaml",
+                        "unideploy pipeline run plates.yaml images/ --save-jsonl stages.jsonl",
+                        "unideploy pipeline eval plates.yaml --data val/data.yaml --json report.json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     r = act.add_parser("run", help="run a pipeline on images, folders, globs or videos")
     r.add_argument("pipeline", help="pipeline YAML file")
     r.add_argument("source", help="image file, folder, glob pattern (quote it) or video file")
-    r.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
+    r.add_argument("--vid-stride", type=positive_int, default=1, help="use every N-th video frame")
     r.add_argument("--parallel", action="store_true", help="run independent stages in threads")
     r.add_argument("--save-json", metavar="FILE", default=None, help="COCO results JSON of the output stage")
     r.add_argument("--save-txt", metavar="DIR", default=None, help="YOLO txt labels of the output stage")
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from unideploy.core.sinks import JsonLinesSink, Sinks
     from unideploy.core.sources import Outcome, Source
 
+    check_outputs(files={"--save-json": args.save_json, "--save-jsonl": args.save_jsonl},
+                  folders={"--save-txt": args.save_txt, "--save-img": args.save_img})
     source = Source(args.source, args.vid_stride)
     n_ok = 0
     failures: list[tuple[str, str]] = []
@@ -93,6 +99,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from unideploy.apps.graphs.evaluate import evaluate_graph, format_report
     from unideploy.core.sinks import atomic_write_json
 
+    check_outputs(files={"--json": args.json})
     with load_graph(args.pipeline) as graph:
         report = evaluate_graph(graph, args.data, images=args.images, progress=not args.quiet)
     print(format_report(report))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unideploy.cli.common import add_model_flags, predictor_kwargs
+from unideploy.cli.common import (
+    add_model_flags, examples, fraction, non_negative_float, positive_float, positive_int, predictor_kwargs,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,21 +17,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Serve a model over HTTP with Ray Serve: POST /predict takes multipart files, "
         "base64 JSON or a raw image body and answers detections as JSON; concurrent "
         "requests are batched. Needs: pip install 'unideploy[ray]'.",
+        epilog=examples("unideploy serve model.onnx --port 8000",
+                        "unideploy serve model.onnx --replicas 2 --max-batch-size 16 --host 0.0.0.0",
+                        "curl -F file=@bus.jpg http://127.0.0.1:8000/predict"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--conf", type=float, default=0.25, help="default confidence threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.7, help="default NMS IoU threshold (default 0.7)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
-    p.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batching: images per model call (default 8)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="dynamic batching: longest wait (default 10 ms)")
-    p.add_argument("--max-queue", type=int, default=64,
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--conf", type=fraction, default=0.25, help="default confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=fraction, default=0.7, help="default NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest request body in MB (default 20)")
+    p.add_argument("--max-images", type=positive_int, default=16, help="images per request (default 16)")
+    p.add_argument("--max-batch-size", type=positive_int, default=8, help="dynamic batching: images per model call (default 8)")
+    p.add_argument("--batch-wait-ms", type=non_negative_float, default=10.0, help="dynamic batching: longest wait (default 10 ms)")
+    p.add_argument("--max-queue", type=positive_int, default=64,
                    help="requests a replica holds in flight; more get 503 with Retry-After (default 64)")
-    p.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
-    p.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
-    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica (default 0)")
+    p.add_argument("--replicas", type=positive_int, default=1, help="model replicas (default 1)")
+    p.add_argument("--num-cpus", type=non_negative_float, default=1, help="CPUs per replica (default 1)")
+    p.add_argument("--num-gpus", type=non_negative_float, default=0, help="GPUs per replica (default 0)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: start a local one)")
     p.set_defaults(func=run)
 

@@ -1,5 +1,8 @@
 """One progress bar for every command that walks a data set: a tqdm bar on stderr, or a silent stand-in.
 
+Every command decides the same way: a bar only when it is enabled and stderr is a terminal, so logs, pipes and
+CI output never get bar redraws.
+
 Example:
     >>> with progress_bar(3, "eval", enabled=False) as bar:
     ...     for _ in range(3):
@@ -11,7 +14,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["progress_bar", "NullBar"]
+__all__ = ["progress_bar", "NullBar", "on_terminal"]
+
+
+def on_terminal() -> bool:
+    """True when stderr is a terminal (where bars and transient notes belong)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 class NullBar:
@@ -31,7 +42,8 @@ class NullBar:
 
 
 def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: str = "img", leave: bool = True) -> Any:
-    """A progress bar on stderr counting ``unit`` up to ``total``; a :class:`NullBar` when not ``enabled``.
+    """A progress bar on stderr counting ``unit`` up to ``total``; a :class:`NullBar` when not ``enabled`` or when
+    stderr is not a terminal.
 
     Both have ``update(n)``, ``close()`` and work as context managers, so callers need no ``if bar`` checks.
 
@@ -42,7 +54,7 @@ def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: st
         unit: what is counted.
         leave: keep the finished bar on screen.
     """
-    if not enabled:
+    if not enabled or not on_terminal():
         return NullBar()
     from tqdm import tqdm
 

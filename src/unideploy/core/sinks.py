@@ -26,7 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from unideploy.core.results import Classifications, Detections
+from unideploy.core.results import Classifications, Detections, OrientedDetections
+from unideploy.core.task_io import draw_task, task_coco_fields, task_txt_lines
 
 __all__ = [
     "Sink", "BaseSink", "Sinks", "CocoJsonSink", "YoloTxtSink", "ImageSink", "VideoSink", "JsonLinesSink",
@@ -35,13 +36,30 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (creating parent folders)."""
+    """Write ``data`` to ``path`` atomically (creating parent folders), with the mode the umask gives an ordinary
+    new file (0644 under umask 022), not the temporary file's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -71,8 +89,9 @@ def coco_records(det: Detections, image_id: int, file_name: str) -> list[dict]:
             "category_id": int(c) + 1,
             "bbox": [round(float(v), 3) for v in box],
             "score": round(float(s), 5),
+            **extra,
         }
-        for box, s, c in zip(det.xywh, det.confidence, det.class_id)
+        for box, s, c, extra in zip(det.xywh, det.confidence, det.class_id, task_coco_fields(det))
     ]
 
 
@@ -98,6 +117,9 @@ def yolo_txt(det: Detections, with_conf: bool = True) -> str:
     if det.image_shape is None:
         raise ValueError("Detections.image_shape is needed to normalise YOLO labels")
     h, w = det.image_shape
+    lines = task_txt_lines(det, with_conf)  # segmentation / pose / OBB: Ultralytics' formats
+    if lines is not None:
+        return "\n".join(lines) + ("\n" if lines else "")
     lines = []
     for (x1, y1, x2, y2), s, c in zip(det.xyxy, det.confidence, det.class_id):
         vals = [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
@@ -113,12 +135,13 @@ def _colour(k: int) -> tuple[int, int, int]:
 
 def draw_detections(img: np.ndarray, det: Detections) -> np.ndarray:
     """A copy of ``img`` (BGR) with boxes, class names and scores drawn."""
-    out = img.copy()
+    out = draw_task(img.copy(), det, _colour)  # masks, keypoints, rotated boxes
     lw = max(1, round(sum(out.shape[:2]) / 2 * 0.003))
     for (x1, y1, x2, y2), s, c, name in zip(det.xyxy, det.confidence, det.class_id, det.class_names):
         col = _colour(int(c))
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
-        cv2.rectangle(out, p1, p2, col, lw, cv2.LINE_AA)
+        if not isinstance(det, OrientedDetections):
+            cv2.rectangle(out, p1, p2, col, lw, cv2.LINE_AA)
         label = f"{name} {s:.2f}"
         fs = max(lw / 3, 0.4)
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, max(lw - 1, 1))

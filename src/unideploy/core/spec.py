@@ -21,9 +21,15 @@ from typing import Any, Mapping
 
 from unideploy.core.errors import SpecError
 
-__all__ = ["ModelSpec", "SPEC_KEY", "build_spec", "spec_from_metadata", "sidecar_paths", "parse_size", "parse_literal"]
+__all__ = ["ModelSpec", "SPEC_KEY", "IN_MODEL", "build_spec", "spec_from_metadata", "sidecar_paths", "parse_size", "parse_literal"]
 
 SPEC_KEY = "unideploy"
+#: the tasks a spec may name (Ultralytics' task names)
+TASKS = ("detect", "classify", "segment", "pose", "obb")
+#: Ultralytics YOLO family per task (detection and classification keep their own rules below)
+_YOLO_TASK_FAMILY = {"segment": "yolo_seg", "pose": "yolo_pose", "obb": "yolo_obb"}
+#: values of ``ModelSpec.in_model``: who runs the preprocessing after the resize (None: the host)
+IN_MODEL = (None, "openvino", "aipp", "rknn")
 
 
 @dataclass
@@ -31,7 +37,7 @@ class ModelSpec:
     """Everything the pipeline needs to know about a model besides its weights.
 
     Attributes:
-        task: "detect" or "classify".
+        task: "detect", "classify", "segment", "pose" or "obb" (Ultralytics' task names).
         family: adapter name ("yolo", "yolov5", "yolox", "rtdetr", "nanodet", "classify"); None = detect.
         imgsz: model input (height, width).
         batch: fixed batch size, or None when dynamic.
@@ -45,6 +51,13 @@ class ModelSpec:
         pad_value: padding value for letterbox.
         layout: "nchw" or "nhwc".
         input_dtype: numpy dtype name of the input tensor.
+        in_model: where the preprocessing after the resize (uint8 -> float, colour order, scale, mean/std, layout)
+            runs: None on the host (numpy), else the runtime that does it inside the model: "openvino"
+            (PrePostProcessor, applied at load or saved in the IR), "aipp" (Ascend AIPP), "rknn" (RKNN's
+            mean/std). With it set the model takes the resized image as uint8 NHWC in ``in_model_order``, and
+            ``channel_order``/``scale``/``mean``/``std`` still describe what the network computes.
+        in_model_order: channel order of the uint8 image a model with ``in_model`` takes ("bgr": the decoded
+            image as is; "rgb": the host flips it).
         extra: anything else found in the metadata.
 
     Example:
@@ -68,6 +81,8 @@ class ModelSpec:
     pad_value: int = 114
     layout: str = "nchw"
     input_dtype: str = "float32"
+    in_model: str | None = None
+    in_model_order: str = "bgr"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,10 +91,14 @@ class ModelSpec:
         self.names = dict(sorted((int(k), str(v)) for k, v in (self.names or {}).items()))  # JSON keys sort as text
         self.mean = tuple(float(x) for x in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(x) for x in self.std)  # type: ignore[assignment]
-        if self.task not in ("detect", "classify"):
-            raise SpecError(f"task must be 'detect' or 'classify', got {self.task!r}")
+        if self.task not in TASKS:
+            raise SpecError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.channel_order not in ("rgb", "bgr"):
             raise SpecError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if self.in_model not in IN_MODEL:
+            raise SpecError(f"in_model must be one of {', '.join(map(str, IN_MODEL))}; got {self.in_model!r}")
+        if self.in_model_order not in ("rgb", "bgr"):
+            raise SpecError(f"in_model_order must be 'rgb' or 'bgr', got {self.in_model_order!r}")
         if self.resize not in ("letterbox", "letterbox_topleft", "stretch", "crop"):
             raise SpecError(
                 f"resize must be one of letterbox, letterbox_topleft, stretch, crop; got {self.resize!r}"
@@ -179,8 +198,10 @@ def spec_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         s = parse_literal(meta["stride"])
         if isinstance(s, int):
             d["stride"] = s
-    if meta.get("task") in ("detect", "classify"):
+    if meta.get("task") in TASKS:
         d["task"] = meta["task"]
+    if "kpt_shape" in meta:
+        d.setdefault("extra", {})["kpt_shape"] = parse_literal(meta["kpt_shape"])
     if "end2end" in meta:
         d["end2end"] = str(meta["end2end"]).strip().lower() == "true"
     head = meta.get("head")
@@ -196,6 +217,7 @@ def spec_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         d.setdefault("extra", {})["preprocess"] = "ultralytics"  # family defaults (e.g. ImageNet mean/std) stay off
         rtdetr = head == "RTDETRDecoder" or "rtdetr" in meta.get("description", "").lower().replace("-", "")
         d["family"] = "classify" if d.get("task") == "classify" else "rtdetr" if rtdetr else "yolo"
+        d["family"] = _YOLO_TASK_FAMILY.get(d.get("task", ""), d["family"])
         if d.get("task") == "classify":
             d["resize"] = "crop"
         if rtdetr:
@@ -243,7 +265,11 @@ def build_spec(model_path: str | Path, metadata: Mapping[str, str] | None = None
                 raise SpecError(f"{side}: expected a JSON model spec, could not parse it ({e})") from None
             if not isinstance(side_spec, dict):
                 raise SpecError(f"{side}: expected a JSON object (a model spec), got a {type(side_spec).__name__}")
-            d.update(side_spec)
+            d.update({**side_spec, "extra": {**d.get("extra", {}), **side_spec.get("extra", {})}}
+                     if isinstance(side_spec.get("extra"), dict) else side_spec)
             break
-    d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(given.get("extra"), dict):  # extra keys are merged, so one key can be overridden alone
+        given["extra"] = {**d.get("extra", {}), **given["extra"]}
+    d.update(given)
     return ModelSpec.from_dict(d)

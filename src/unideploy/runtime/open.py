@@ -12,7 +12,9 @@ RKNN calibrators) calls this, so the spec is resolved in one place and in one or
 3. the spec is built from that metadata, the sidecar JSON and the caller's ``spec`` overrides
    (:func:`unideploy.core.spec.build_spec`);
 4. the session's input completes the spec: layout, dtype, batch and (when static) the image size;
-5. the family adapter is chosen and fills in its own preprocessing defaults, except for fields the caller set.
+5. the family adapter is chosen and fills in its own preprocessing defaults, except for fields the caller set;
+6. the session may take over the preprocessing after the resize (``Session.fuse_preprocess``: OpenVINO's
+   PrePostProcessor, before its one compile); the adapter is then rebuilt on the spec it returns (``in_model``).
 
 Example:
     >>> from unideploy.runtime.open import open_model
@@ -164,6 +166,9 @@ def open_model(
     try:
         final = finish_spec(base_spec, session, imgsz)
         adapter = resolve_adapter(final, session.outputs, family)(final, session.outputs, keep=tuple(spec or ()))
+        fused = session.fuse_preprocess(adapter.spec)  # OpenVINO: PrePostProcessor steps before the compile
+        if fused is not None:
+            adapter = type(adapter)(fused, session.outputs, keep=tuple(fused.to_dict()))
     except BaseException:
         session.close()
         raise

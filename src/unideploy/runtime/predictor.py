@@ -243,6 +243,25 @@ class Predictor:
         self._streams[gen] = ctl
         return gen
 
+    def track(self, source: Any, tracker: Any = "bytetrack", *, tracker_config: Any = None, keep_images: bool = False,
+              vid_stride: int = 1, **options: Any) -> Iterator[Outcome]:
+        """``stream`` with multi-object tracking: each frame's Detections carry ``tracker_id``.
+
+        Args:
+            source: a video file, a stream URL, or a folder / list of frames (one sequence).
+            tracker: "bytetrack", "botsort", or a tracker YAML / mapping in Ultralytics' keys.
+            tracker_config: a tracker YAML (or mapping) overriding the tracker's defaults.
+            keep_images, vid_stride, **options: as for :meth:`stream`.
+
+        Example:
+            >>> for out in predictor.track("clip.mp4", "botsort"):  # doctest: +SKIP
+            ...     print(out.item.frame, out.result.tracker_id)
+        """
+        from unideploy.runtime.tracking.stream import track_stream
+
+        return track_stream(self, source, tracker, tracker_config_file=tracker_config, keep_images=keep_images,
+                            vid_stride=vid_stride, **options)
+
     # -- lifecycle --------------------------------------------------------------------------------
     @property
     def names(self) -> dict[int, str]:

@@ -46,8 +46,9 @@ from unideploy.core.options import BackendOptions
 __all__ = ["TensorInfo", "Timings", "Session", "AsyncRunner", "Backend", "BackendOptions", "SHARED_OPTIONS"]
 
 #: options any caller may give every backend (the CLI's ``--threads``, ``--precision``, ``--trust-pickle``);
-#: a backend that does not declare one ignores it, any other unknown key is an error
-SHARED_OPTIONS = frozenset({"threads", "precision", "trust_pickle"})
+#: a backend that does not declare one ignores it, any other unknown key is an error; ``in_model_preprocess``:
+#: whether a backend that can run the preprocessing inside the model (OpenVINO) may do so
+SHARED_OPTIONS = frozenset({"threads", "precision", "trust_pickle", "in_model_preprocess"})
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,14 @@ class Session(ABC):
     def compute_precision(self) -> str | None:
         """The element type the runtime computes float layers in ("f32", "bf16", "f16"), where it chooses one
         itself and says so; None where the model file's precision is what runs."""
+        return None
+
+    def fuse_preprocess(self, spec: Any) -> Any:
+        """Hook: move ``spec``'s preprocessing after the resize into the model, before the first run.
+
+        Returns the spec the adapter must use then (``in_model`` set, uint8 input), or None where this session
+        leaves it to the host (the default). :func:`~unideploy.runtime.open.open_model` calls it once.
+        """
         return None
 
     # -- public -----------------------------------------------------------------------------

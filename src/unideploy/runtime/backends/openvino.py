@@ -106,25 +106,91 @@ def _dims(pshape: Any) -> tuple[int | None, ...]:
     return tuple(d.get_length() if d.is_static else None for d in pshape)
 
 
+def _infos(ports: Any, prefix: str = "") -> list[TensorInfo]:
+    return [TensorInfo(p.get_any_name() if p.get_names() else f"{prefix}{i}", _dims(p.get_partial_shape()),
+                       np.dtype(p.get_element_type().to_dtype())) for i, p in enumerate(ports)]
+
+
+def _compute_precision(core: Any, device: str, config: dict[str, Any]) -> str | None:
+    """The precision float layers will run in: the hint asked for, else the device's default (None: unknown)."""
+    if "INFERENCE_PRECISION_HINT" in config:
+        return str(config["INFERENCE_PRECISION_HINT"])
+    try:
+        v = core.get_property(device, "INFERENCE_PRECISION_HINT")
+    except Exception:  # noqa: BLE001 - AUTO / devices without the property
+        return None
+    return v.get_type_name() if hasattr(v, "get_type_name") else str(v)
+
+
 class OpenVINOSession(Session):
+    """A model read by OpenVINO and compiled on first use: :meth:`fuse_preprocess` (called by ``open_model``
+    before any run) may first add the preprocessing steps, so the model is compiled once, with them."""
+
     backend = "openvino"
     thread_safe = True  # one infer request per thread, created on first use
 
-    def __init__(self, path: Path, device: str, compiled: Any, meta: dict[str, str]):
+    def __init__(self, path: Path, device: str, model: Any, meta: dict[str, str], compile_args: dict[str, Any]):
         super().__init__(path, device)
-        self.compiled = compiled
+        self._model: Any = model
+        self._compiled: Any = None
+        self._compile_args = compile_args  # core, config, cache folder, cap, in_model_preprocess
+        self._compile_lock = threading.Lock()
         self._meta = meta
         self._local = threading.local()
         self._requests: list[Any] = []
-        self.inputs = [
-            TensorInfo(p.get_any_name(), _dims(p.get_partial_shape()), np.dtype(p.get_element_type().to_dtype()))
-            for p in compiled.inputs
-        ]
-        self.outputs = [
-            TensorInfo(p.get_any_name() if p.get_names() else f"output{i}", _dims(p.get_partial_shape()),
-                       np.dtype(p.get_element_type().to_dtype()))
-            for i, p in enumerate(compiled.outputs)
-        ]
+        self.inputs = _infos(model.inputs)
+        self.outputs = _infos(model.outputs, "output")
+
+    @property
+    def compiled(self) -> Any:
+        """The ``openvino.CompiledModel`` (compiled on first access).
+
+        Raises:
+            ModelError: OpenVINO could not compile the model for the device.
+        """
+        if self._compiled is None:
+            with self._compile_lock:
+                if self._compiled is None:
+                    self._compiled = self._compile()
+        return self._compiled
+
+    @compiled.setter
+    def compiled(self, value: Any) -> None:
+        self._compiled = value
+
+    def _compile(self) -> Any:
+        if self._closed:
+            raise BackendError(f"openvino session for {self.path.name} is closed")
+        a = self._compile_args
+        started = time.time() - 2  # coarse file-system timestamps: a blob written now never looks older than this
+        try:
+            compiled = a["core"].compile_model(self._model, self.device, a["config"])
+        except Exception as e:
+            msg = str(e).strip().splitlines()
+            raise ModelError(f"{self.path}: openvino could not compile it for {self.device}: "
+                             f"{msg[0] if msg else type(e).__name__}") from None
+        if a["cache"] and a["cache_max_mb"] > 0:
+            prune_cache(a["cache"], int(a["cache_max_mb"] * 2**20), keep_since=started)
+        self._model = None  # the compiled model holds what it needs
+        return compiled
+
+    def fuse_preprocess(self, spec: Any) -> Any:
+        """Move ``spec``'s preprocessing after the resize into the model (PrePostProcessor), before it is compiled.
+
+        Returns:
+            The spec for the fused model (``in_model="openvino"``, uint8 NHWC BGR input), or None where the option
+            ``in_model_preprocess`` is off, the model was already compiled, or :func:`fusable` refuses it.
+        """
+        from unideploy.runtime.backends.openvino_ppp import add_preprocessing, fusable, in_model_spec
+
+        with self._compile_lock:
+            if not self._compile_args["in_model_preprocess"] or self._compiled is not None or self._model is None:
+                return None
+            if fusable(self._model, spec) is not None:
+                return None
+            self._model = add_preprocessing(self._compile_args["ov"], self._model, spec)
+            self.inputs = _infos(self._model.inputs)
+        return in_model_spec(spec)
 
     def compute_precision(self) -> str | None:
         """OpenVINO's INFERENCE_PRECISION_HINT of the compiled model: bf16 by default on CPUs with native bf16."""
@@ -172,7 +238,7 @@ class OpenVINOSession(Session):
     def _close(self) -> None:
         self._requests.clear()
         self._local = threading.local()
-        self.compiled = None
+        self._compiled = self._model = None
 
 
 class OpenVINOAsyncRunner(AsyncRunner):
@@ -228,6 +294,7 @@ class OpenVINOOptions(BackendOptions):
     cache_max_mb: float | str | None = 1024
     threads: int | None = None
     precision: str | None = None
+    in_model_preprocess: bool | None = False
 
 
 class OpenVINOBackend(Backend):
@@ -243,6 +310,17 @@ class OpenVINOBackend(Backend):
         threads: inference threads.
         precision: inference precision of float layers, "f32", "bf16" or "f16" (OpenVINO INFERENCE_PRECISION_HINT;
             default: the device's choice, which is bf16 on CPUs with native bf16 support).
+        in_model_preprocess: let :func:`~unideploy.runtime.open.open_model` move the preprocessing after the
+            resize (uint8 -> float, BGR -> RGB, NHWC -> NCHW, scale, mean/std) into the model with OpenVINO's
+            PrePostProcessor, so the host feeds the letterboxed uint8 image. False (default): never (numpy does
+            it, and predictions stay bit-identical to Ultralytics' OpenVINO path at f32); True: always; None: only
+            where the device computes float layers in f32. The fused model reads NHWC and OpenVINO's CPU plugin then
+            sums the first convolution in another order: at f32 boxes move by up to 1e-4 px and scores by 1e-6 on
+            the demo model (not bit-identical); under bf16 (this backend's CPU default on CPUs with native bf16)
+            scores move by up to ~2e-2, as much as bf16 itself moves them from f32; no speed-up was measured on the
+            2-core VM, so it is opt-in. See :mod:`unideploy.runtime.backends.openvino_ppp`.
+
+    The model is read at ``open`` and compiled on first use (or after ``fuse_preprocess``).
     """
 
     name = "openvino"
@@ -302,13 +380,18 @@ class OpenVINOBackend(Backend):
             cache_max_mb = float(opts.cache_max_mb or 0)
         except (TypeError, ValueError):
             raise InputError(f"openvino cache_max_mb must be a number of MB (0 = no cap), got {opts.cache_max_mb!r}") from None
-        started = time.time() - 2  # coarse file-system timestamps: a blob written now never looks older than this
+        fuse = opts.in_model_preprocess
+        if fuse is not None and not isinstance(fuse, bool):
+            raise InputError(f"openvino in_model_preprocess must be True, False or None (auto), got {fuse!r}")
+        if fuse is None:
+            fuse = _compute_precision(core, dev, config) == "f32"
         try:
-            compiled = core.compile_model(str(path), dev, config)
+            model = core.read_model(str(path))
         except Exception as e:
-            raise ModelError(f"{path}: openvino could not compile it for {dev}: {str(e).strip().splitlines()[0]}") from None
-        if cache and cache_max_mb > 0:
-            prune_cache(cache, int(cache_max_mb * 2**20), keep_since=started)
-        session = OpenVINOSession(path, dev, compiled, meta)
+            msg = str(e).strip().splitlines()
+            raise ModelError(f"{path}: openvino could not read it: {msg[0] if msg else type(e).__name__}") from None
+        session = OpenVINOSession(path, dev, model, meta, {
+            "ov": ov, "core": core, "config": config, "cache": cache, "cache_max_mb": cache_max_mb,
+            "in_model_preprocess": fuse})
         session.file_metadata = dict(meta)
         return session

@@ -5,7 +5,7 @@ Adding a family is one module with an :class:`~unideploy.runtime.families.base.A
 
 Example:
     >>> list_families()
-    ['classify', 'nanodet', 'rtdetr', 'yolo', 'yolov5', 'yolox']
+    ['classify', 'nanodet', 'rtdetr', 'yolo', 'yolo_obb', 'yolo_pose', 'yolo_seg', 'yolov5', 'yolox']
     >>> get_adapter("yolox").postprocess_defaults["iou"]
     0.45
 """
@@ -25,6 +25,9 @@ __all__ = ["FAMILIES", "Adapter", "get_adapter", "list_families", "register_adap
 #: model family name -> adapter class ("module:Class", imported on first use)
 FAMILIES: Registry[type[Adapter]] = Registry("model family", error=ModelError, choices="supported families")
 FAMILIES.register("yolo", "unideploy.runtime.families.yolo:YoloAdapter")
+FAMILIES.register("yolo_seg", "unideploy.runtime.families.yolo_seg:YoloSegAdapter")
+FAMILIES.register("yolo_pose", "unideploy.runtime.families.yolo_pose:YoloPoseAdapter")
+FAMILIES.register("yolo_obb", "unideploy.runtime.families.yolo_obb:YoloObbAdapter")
 FAMILIES.register("yolov5", "unideploy.runtime.families.yolov5:Yolov5Adapter")
 FAMILIES.register("yolox", "unideploy.runtime.families.yolox:YoloxAdapter")
 FAMILIES.register("rtdetr", "unideploy.runtime.families.rtdetr:RtdetrAdapter")

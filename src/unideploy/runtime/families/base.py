@@ -98,7 +98,13 @@ class Adapter:
         return out, LetterboxInfo((h0, w0), (nw, nh), (-left, -top), (nw / w0, nh / h0))
 
     def to_tensor(self, img: np.ndarray) -> np.ndarray:
-        """Colour order, scale, mean/std and layout: HWC BGR uint8 -> model input (no batch axis)."""
+        """Colour order, scale, mean/std and layout: HWC BGR uint8 -> model input (no batch axis).
+
+        A model that does this itself (``spec.in_model``) takes the resized uint8 image as it is (flipped to RGB
+        when ``spec.in_model_order`` says so): no float conversion on the host.
+        """
+        if self.spec.in_model:
+            return self._in_model_image(img)
         if self.spec.channel_order == "rgb":
             img = img[..., ::-1]
         if self.spec.layout == "nhwc":
@@ -113,6 +119,14 @@ class Adapter:
         self._normalise(x)
         return x.astype(self.spec.input_dtype, copy=False)
 
+    def _in_model_image(self, img: np.ndarray) -> np.ndarray:
+        """The uint8 HWC image a model with in-model preprocessing takes (in ``spec.in_model_order``)."""
+        if img.dtype != np.uint8:
+            raise ValueError(f"in-model preprocessing takes uint8 images, got {img.dtype}")
+        if self.spec.in_model_order == "rgb":
+            img = img[..., ::-1]
+        return np.ascontiguousarray(img)
+
     def _normalise(self, x: np.ndarray) -> None:
         """Scale and mean/std, in place, on float32 NCHW values (one image or a batch)."""
         if self.spec.scale and self.spec.scale != 1:
@@ -125,7 +139,7 @@ class Adapter:
     def reuses_batch_buffer(self) -> bool:
         """Whether :meth:`to_batch` writes into ``out`` and returns it (float32 NCHW inputs); other layouts and
         dtypes build a new array per batch, so a caller's pool would only hold memory for them."""
-        return self.spec.layout != "nhwc" and np.dtype(self.spec.input_dtype) == np.float32
+        return not self.spec.in_model and self.spec.layout != "nhwc" and np.dtype(self.spec.input_dtype) == np.float32
 
     def to_batch(self, imgs: Sequence[np.ndarray], size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Resized HWC BGR uint8 images -> one model input batch, written in place (no per-image float tensors,
@@ -133,6 +147,12 @@ class Adapter:
         zero images to a fixed batch size; ``out``, a float32 array of the batch's shape, is reused when given
         (a streaming caller's buffer pool: no large allocation, and no page faults, per batch)."""
         n = len(imgs)
+        if self.spec.in_model and n:  # uint8 NHWC: one copy of the images into the batch, no float work
+            h, w, c = imgs[0].shape
+            batch = np.zeros((max(n, size or 0), h, w, c), np.uint8)
+            for k, img in enumerate(imgs):
+                batch[k] = img[..., ::-1] if self.spec.in_model_order == "rgb" else img
+            return batch
         if self.spec.layout == "nhwc" or self.spec.input_dtype == "uint8" or not n:
             xs = [self.to_tensor(i) for i in imgs]
             if size and size > n:

@@ -24,7 +24,7 @@ from unideploy.core.results import Detections
 from unideploy.core.spec import ModelSpec
 from unideploy.runtime.families.base import Adapter, count_cells
 
-__all__ = ["YoloAdapter", "MAX_WH", "MAX_NMS"]
+__all__ = ["YoloAdapter", "MAX_WH", "MAX_NMS", "end2end_rows", "yolo_candidates", "yolo_nms"]
 
 MAX_WH = 7680
 MAX_NMS = 30000
@@ -76,21 +76,49 @@ class YoloAdapter(Adapter):
         return results
 
     def _nms(self, pred: np.ndarray, conf: float, iou: float, max_det: int, agnostic: bool, classes: Sequence[int] | None):
-        nc = self.spec.num_classes or pred.shape[0] - 4
-        scores_all = pred[4 : 4 + nc]  # (nc, N)
-        best = scores_all.max(0)
-        cand = np.flatnonzero(best > conf)
-        if classes is not None and cand.size:
-            cls_c = scores_all[:, cand].argmax(0)
-            cand = cand[np.isin(cls_c, classes)]
-        if not cand.size:
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        cls = scores_all[:, cand].argmax(0)
-        scores = best[cand]
-        boxes = cxcywh_to_xyxy(pred[:4, cand].T)
-        if len(cand) > MAX_NMS:
-            top = np.argsort(-scores, kind="stable")[:MAX_NMS]
-            boxes, scores, cls = boxes[top], scores[top], cls[top]
-        offset = (cls.astype(np.float32) * (0 if agnostic else MAX_WH))[:, None]
-        keep = nms(boxes + offset, scores, iou, max_keep=max_det)
-        return boxes[keep], scores[keep], cls[keep].astype(np.int64)
+        boxes, scores, cls, _ = yolo_nms(pred, self.spec.num_classes or pred.shape[0] - 4, conf, iou, max_det,
+                                         agnostic, classes)
+        return boxes, scores, cls
+
+
+def yolo_candidates(pred: np.ndarray, nc: int, conf: float,
+                    classes: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns of one raw head output ``(4 + nc + extra, N)`` that enter NMS: (indices, best score, best class), the
+    best class per box with ``score > conf`` (Ultralytics' ``non_max_suppression``), at most 30000, best first when
+    cut."""
+    scores_all = pred[4 : 4 + nc]  # (nc, N)
+    best = scores_all.max(0)
+    cand = np.flatnonzero(best > conf)
+    if classes is not None and cand.size:
+        cls_c = scores_all[:, cand].argmax(0)
+        cand = cand[np.isin(cls_c, classes)]
+    if not cand.size:
+        return cand.astype(np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    cls = scores_all[:, cand].argmax(0)
+    scores = best[cand]
+    if len(cand) > MAX_NMS:
+        top = np.argsort(-scores, kind="stable")[:MAX_NMS]
+        cand, scores, cls = cand[top], scores[top], cls[top]
+    return cand, scores, cls
+
+
+def yolo_nms(pred: np.ndarray, nc: int, conf: float, iou: float, max_det: int, agnostic: bool,
+             classes: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """NMS of one raw head output ``(4 + nc + extra, N)`` as Ultralytics': kept (xyxy, score, class, column index);
+    the column index selects the kept boxes' extra channels (mask coefficients, keypoints)."""
+    cand, scores, cls = yolo_candidates(pred, nc, conf, classes)
+    if not cand.size:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), cand
+    boxes = cxcywh_to_xyxy(pred[:4, cand].T)
+    offset = (cls.astype(np.float32) * (0 if agnostic else MAX_WH))[:, None]
+    keep = nms(boxes + offset, scores, iou, max_keep=max_det)
+    return boxes[keep], scores[keep], cls[keep].astype(np.int64), cand[keep]
+
+
+def end2end_rows(pred: np.ndarray, conf: float, max_det: int, classes: Sequence[int] | None) -> np.ndarray:
+    """Rows of one end-to-end output ``(K, 6 + extra)`` (box, score, class, extra) with ``score > conf``, of the
+    asked classes, the first ``max_det`` (Ultralytics' end-to-end branch of ``non_max_suppression``)."""
+    keep = pred[:, 4] > conf
+    if classes is not None:
+        keep &= np.isin(pred[:, 5].astype(np.int64), classes)
+    return pred[keep][:max_det]

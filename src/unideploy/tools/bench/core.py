@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from unideploy.core.errors import InputError, UnideployError
+from unideploy.core.errors import InputError, OptionError, UnideployError
+from unideploy.core.precision import precision_label
 from unideploy.runtime.backends.registry import canonical_backend, get_backend
 from unideploy.tools.bench.discover import Variant, file_format, find_variants, precision_of
 from unideploy.tools.bench.report import library_versions, machine_info
@@ -128,7 +129,9 @@ def benchmark(
         log: called with a line of progress (e.g. ``print``).
 
     Raises:
-        InputError: bad batch sizes, mode or loop; ModelError / SourceError for bad paths.
+        InputError: bad batch sizes, mode or loop (for one model: a batch its fixed batch rules out);
+        ModelError / SourceError for bad paths. With ``backend="all"`` a variant that fails is reported in its
+        run's ``error`` instead, and the others go on.
 
     Example:
         >>> report = benchmark("model.onnx", batches=[1], loop=20, measure_startup=False)  # doctest: +SKIP
@@ -144,6 +147,7 @@ def benchmark(
     say = log or (lambda _msg: None)
     machine = machine_info()
     variants = _variants(model, backend)
+    many = backend == "all"
     source = _data_source(data, images)
     first_image = _first_image(source)
     report: dict[str, Any] = {
@@ -166,6 +170,10 @@ def benchmark(
         try:
             with Predictor(v.path, v.backend, device, **opts) as pred:
                 run["device"] = str(pred.session.device)
+                run["precision"] = precision_label(v.precision, pred.session.compute_precision())
+                if not many and pred.fixed_batch and pred.fixed_batch not in batches:
+                    raise OptionError("batch", f"must be {pred.fixed_batch} for this model (its batch is fixed), "
+                                               f"got {','.join(map(str, batches))}")
                 for b in batches:
                     run["batches"].append(_one_batch(pred, b, source, first_image, warmup, loop, duration, mode,
                                                      requests, say, v.label))
@@ -173,8 +181,9 @@ def benchmark(
                     say(f"{v.label}: mAP on {data}")
                     run.update(_mean_map(pred, data, images) or {})
         except UnideployError as e:
-            run["error"] = str(e)
-            say(f"{v.label}: {e}")
+            if not many:  # one model asked for: its error is the command's error, said once
+                raise
+            run["error"] = str(e)  # one of many: reported in the table's "not measured" list
             continue
         if measure_startup:
             say(f"{v.label}: start-up (2 fresh processes)")

@@ -86,7 +86,10 @@ def compare(
         iou: lowest IoU for two boxes to count as the same detection.
         nms_iou, max_det: NMS settings of the models being loaded (None: each model family's default, as for
             :func:`unideploy.load`).
-        thresholds: pass/fail limits; or give single limits as keywords (``atol=0.05``, ``max_shift_px=8``).
+        thresholds: pass/fail limits, used as given; or give single limits as keywords (``atol=0.05``,
+            ``max_shift_px=8``). Without ``thresholds`` the tensor-level atol / rtol follow the precision the looser
+            side computes in (fp32 1e-3, fp16 1e-2, bf16 5e-2: OpenVINO's bf16 on CPUs with native bf16), and the
+            keywords override them.
         layers: also locate the first diverging intermediate tensor (ONNX models; needs the ``onnx`` package).
         worst: how many worst images to list.
         options: keyword arguments for :func:`unideploy.load` of both sides (``imgsz``, ``threads``, ...);
@@ -119,6 +122,7 @@ def compare(
     if unknown:
         raise InputError(f"unknown threshold(s) {unknown}; valid: {', '.join(sorted(known))}")
     th = Thresholds(**{**(asdict(thresholds) if thresholds else {}), **limits})
+    given_limits = dict(limits)
     margin = min(th.max_score_delta, conf)
     conf_low = max(0.0, conf - margin)
 
@@ -130,6 +134,11 @@ def compare(
         if own_ref:
             ref_p.close()
         raise
+    if thresholds is None:  # tensor limits follow the precision the models compute in, unless set
+        from unideploy.tools.compare.result import thresholds_for
+        from unideploy.tools.compare.run import looser_precision
+
+        th = thresholds_for(looser_precision(ref_p, cand_p), **given_limits)
     try:
         return run_comparison(ref_p, cand_p, ref_label, cand_label, data, samples=samples, random=random, seed=seed,
                               level=level, conf=conf, conf_low=conf_low, iou=iou, th=th, layers=layers, worst=worst,

@@ -49,8 +49,9 @@ def format_report(r: Any) -> str:
              f"inputs:    {r.samples} image(s) from {r.source}; level {r.level}"]
     if r.level in ("all", "tensor"):
         lines.append("")
-        lines.append(f"tensor level (same preprocessed input to both; atol {th.atol:g}, rtol {th.rtol:g}, "
-                     f"outputs matched by {r.pairing or '-'})")
+        prec = getattr(r, "precision", "fp32")
+        lines.append(f"tensor level (same preprocessed input to both; atol {th.atol:g}, rtol {th.rtol:g} for "
+                     f"{prec} compute; outputs matched by {r.pairing or '-'})")
         if r.tensors:
             rows = []
             for t in r.tensors:
@@ -112,7 +113,8 @@ def format_report(r: Any) -> str:
     if r.skipped:
         lines += [f"skipped {name}: {why}" for name, why in r.skipped[:10]]
     lines.append("")
-    lines.append("checks:")
+    lines.append(f"checks (tensor limits for {getattr(r, 'precision', 'fp32')} compute):"
+                 if r.level in ("all", "tensor") else "checks:")
     for ch in r.checks:
         lines.append(f"  {'PASS' if ch.passed else 'FAIL'}  {ch.describe()}")
     n_fail = len(r.failures)

@@ -123,6 +123,28 @@ class Thresholds:
             setattr(self, f.name, float(v))
 
 
+#: tensor-level limits by the precision the models compute in (the looser side decides): about six of that
+#: format's epsilons for bf16 (2**-7) and ten of fp16's (2**-10), where a whole network's rounding lands; measured on
+#: the demo model, ONNX Runtime fp32 vs OpenVINO bf16 leaves 20% of elements outside 1e-3 but 0.003% outside 5e-2
+TENSOR_LIMITS: dict[str, dict[str, float]] = {
+    "fp32": {"atol": 1e-3, "rtol": 1e-3},
+    "fp16": {"atol": 1e-2, "rtol": 1e-2},
+    "bf16": {"atol": 5e-2, "rtol": 5e-2},
+}
+
+
+def thresholds_for(precision: str, base: Thresholds | None = None, **limits: float) -> Thresholds:
+    """The limits for models computing in ``precision``: :data:`TENSOR_LIMITS` over ``base`` (default
+    :class:`Thresholds`), then ``limits`` (what the caller set) over both.
+
+    Example:
+        >>> thresholds_for("bf16").atol, thresholds_for("bf16", atol=0.01).atol, thresholds_for("fp32").atol
+        (0.05, 0.01, 0.001)
+    """
+    values = asdict(base) if base is not None else {}
+    return Thresholds(**{**values, **TENSOR_LIMITS.get(precision, {}), **limits})
+
+
 @dataclass
 class Check:
     """One threshold test: ``value op limit`` (op is ">=" or "<=") at a level ("tensor", "detect", "classify")."""
@@ -167,6 +189,7 @@ class CompareResult:
         source: what was fed ("random" or the data source). samples: images compared.
         level: "all", "tensor" or "task". task: "detect" or "classify" (None when unknown).
         thresholds: the limits used. conf: confidence threshold of the task level.
+        precision: what the looser side computes in (fp32, fp16, bf16): the tensor limits follow it unless set.
         tensors: one :class:`TensorStats` per matched output. pairing: "name", "position" or "partial".
         detection / classification: task-level statistics (None when not run).
         layers: first-diverging-layer analysis (None unless asked for).
@@ -194,6 +217,7 @@ class CompareResult:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    precision: str = "fp32"
 
     @property
     def passed(self) -> bool:
@@ -226,6 +250,7 @@ class CompareResult:
             "task": self.task,
             "conf": self.conf,
             "thresholds": asdict(self.thresholds),
+            "precision": self.precision,
             "pairing": self.pairing,
             "tensors": [t.to_dict() for t in self.tensors],
             "detection": self.detection.to_dict() if self.detection else None,

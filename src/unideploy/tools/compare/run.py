@@ -19,7 +19,29 @@ from unideploy.tools.compare.detections import DetectionAccumulator
 from unideploy.tools.compare.result import Check, CompareResult, Thresholds, threshold_check
 from unideploy.tools.compare.tensors import TensorAccumulator, pair_outputs
 
-__all__ = ["Comparison", "run_comparison"]
+__all__ = ["Comparison", "computes_in", "looser_precision", "run_comparison"]
+
+
+#: precisions from tightest to loosest (int8 models are not loosened here: give limits for them)
+_LOOSENESS = ("fp32", "fp16", "bf16")
+
+
+def computes_in(p: Any) -> str:
+    """What an open predictor computes float layers in: the runtime's own choice where it says (OpenVINO's
+    bf16 / f16 hint), else the model file's fp16, else fp32."""
+    from unideploy.core.precision import PRECISIONS
+
+    chosen = PRECISIONS.get(str(p.session.compute_precision() or "").lower())
+    stored = PRECISIONS.get(str(p.spec.extra.get("precision") or "").lower())
+    for name in (chosen, stored):
+        if name in _LOOSENESS:
+            return name
+    return "fp32"
+
+
+def looser_precision(*predictors: Any) -> str:
+    """The loosest :func:`computes_in` of ``predictors`` (what their comparison's tolerances must allow for)."""
+    return max((computes_in(p) for p in predictors), key=_LOOSENESS.index, default="fp32")
 
 
 def _reduced_precision(p: Any) -> str | None:
@@ -260,7 +282,8 @@ def run_comparison(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, dat
     """
     task = ref_p.task if ref_p.task == cand_p.task else None
     label = "random" if random else (f"{len(data)} listed image(s)" if isinstance(data, (list, tuple)) else str(data))
-    result = CompareResult(ref_label, cand_label, label, 0, level, task, th, conf)
+    result = CompareResult(ref_label, cand_label, label, 0, level, task, th, conf,
+                           precision=looser_precision(ref_p, cand_p))
     run = Comparison(ref_p, cand_p, result, conf, conf_low, iou, worst)
     if random:
         total = samples or 8

@@ -58,7 +58,8 @@ def preprocess(
     items: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     used: set[str] = set()
-    with load(model, **predictor_kwargs) as pred:
+    # the tensor files are the model's own float input: the infer stage opens the file as it is
+    with load(model, **{"in_model_preprocess": False, **predictor_kwargs}) as pred:
         inp = pred.session.inputs[0]
         out.mkdir(parents=True, exist_ok=True)
         for item in src:

@@ -131,6 +131,7 @@ def quantize(
     out: str | os.PathLike | None = None,
     ignore: Sequence[str] = (),
     keep_head_float: bool = True,
+    recipe: str | None = "auto",
     device: str | None = None,
     speed: bool = True,
     speed_runs: int = 50,
@@ -153,6 +154,9 @@ def quantize(
         out: output model path (``.xml`` / ``.onnx``) or folder (default: ``<stem>_int8...`` beside the model).
         ignore: extra regular expressions over node names to keep in float.
         keep_head_float: keep an Ultralytics detection head's box decoding in float (see ``scope.py``).
+        recipe: NNCF model type and float layers per model family (``recipes.py``): "auto" (RT-DETR ->
+            "rtdetr", else "default"), "default", "seed", "transformer", "rtdetr" or "rtdetr-decoder". With ``max_drop`` the
+            calibration images must not be validation images (checked by content).
         device: device of the float and INT8 models for evaluation and timing.
         speed: measure ms/image and images/s of both models (``speed_runs`` runs each).
         ranking_subset: validation images NNCF uses to rank layers in accuracy control.
@@ -177,6 +181,8 @@ def quantize(
     from unideploy.tools.bench.discover import model_size_bytes
     from unideploy.tools.quantize.report import format_report, measure_speed
     from unideploy.tools.quantize.scope import check_patterns, int8_ops
+    from unideploy.tools.quantize.accuracy_control import RestorerLog, check_disjoint, float_layers
+    from unideploy.tools.quantize.recipes import resolve_recipe
 
     from unideploy.tools.quantize.methods import METHODS
 
@@ -200,7 +206,11 @@ def quantize(
         raise InputError(f"--out {dest} is the input model; choose another path")
 
     spec = read_spec(src)
-    eval_options: dict[str, Any] = {"precision": "f32"} if backend == "openvino" else {}
+    rec = resolve_recipe(recipe, spec.family)
+    patterns = [*patterns, *rec.float_patterns]
+    keep_head_float = keep_head_float if rec.keep_head is None else rec.keep_head
+    # float NCHW input as in the source model: NNCF calibrates and the accuracy gate runs that graph
+    eval_options: dict[str, Any] = {"precision": "f32", "in_model_preprocess": False} if backend == "openvino" else {}
     dataset = None
     if data is not None:
         from unideploy.tools.evaluate import load_dataset
@@ -210,6 +220,8 @@ def quantize(
     report: dict[str, Any] = {"backend": backend, "method": method, "preset": preset}
     with load(src, backend, device, **eval_options) as fp32:
         calibration = CalibrationSet(calib, fp32, samples)
+        if max_drop is not None and dataset is not None:
+            check_disjoint(calibration.paths, [s.path for s in dataset.samples])
         gate = None
         fp32_acc: dict[str, Any] = {}
         if dataset is not None:
@@ -219,11 +231,13 @@ def quantize(
             fp32_acc = _accuracy(fp32, gate)
         t0 = time.perf_counter()
         fn = METHODS.get(method)[backend]
+        restorer = RestorerLog(enabled=gate is not None and max_drop is not None)
         try:
-            qmodel, kept = fn(src, calibration, preset=preset, patterns=patterns,
-                              head=keep_head_float and spec.task == "detect",
-                              gate=gate if max_drop is not None else None, max_drop=max_drop,
-                              ranking_subset=ranking_subset)
+            with restorer:
+                qmodel, kept = fn(src, calibration, preset=preset, patterns=patterns,
+                                  head=keep_head_float and spec.task == "detect",
+                                  gate=gate if max_drop is not None else None, max_drop=max_drop,
+                                  ranking_subset=ranking_subset, model_type=rec.model_type)
         except BaseException:
             if gate is not None:
                 gate.close()
@@ -232,13 +246,15 @@ def quantize(
     q_spec = spec.updated(extra={**spec.extra, "precision": "int8",
                                  "quantization": {"backend": backend, "method": method, "preset": preset,
                                                   "calibration_images": len(calibration.paths),
-                                                  "max_drop": max_drop, "float_nodes": len(kept)}})
+                                                  "max_drop": max_drop, "float_nodes": len(kept), "recipe": rec.name}})
     _save(qmodel, dest, q_spec, backend, src)
 
     report.update(
         calibration={"source": calibration.source, "images": len(calibration.paths),
                      "skipped": [f"{n}: {why}" for n, why in calibration.skipped]},
         quantize_s=quantize_s, float_nodes=len(kept), float_node_names=kept, int8_ops=int8_ops(qmodel),
+        recipe=rec.as_dict(), float_layers=float_layers(qmodel),
+        **({"accuracy_control": restorer.as_dict()} if gate is not None and max_drop is not None else {}),
         fp32={"model": str(src), "size_mb": model_size_bytes(src) / 1e6, **fp32_acc},
         int8={"model": str(dest), "size_mb": model_size_bytes(dest) / 1e6},
     )

@@ -67,7 +67,9 @@ class AccuracyGate:
         if self.backend == "openvino":
             from unideploy.runtime.backends.openvino import OpenVINOSession
 
-            return OpenVINOSession(self.predictor.path, "CPU", model, {})
+            session = OpenVINOSession(self.predictor.path, "CPU", model, {}, {})
+            session.compiled = model  # NNCF hands over a compiled candidate
+            return session
         from unideploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         path = Path(self._tmp.name) / f"candidate{self.calls}.onnx"

@@ -7,8 +7,12 @@ returns the quantized model in memory (``openvino.Model`` or ``onnx.ModelProto``
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,14 +21,41 @@ from unideploy.core.registry import Registry
 from unideploy.tools.quantize.scope import float_nodes
 
 
+@contextlib.contextmanager
+def quiet_third_party(enabled: bool = True) -> Iterator[None]:
+    """Silence what NNCF and OpenVINO print while quantizing (INFO log lines, progress bars and stray prints on
+    stdout); warnings and errors still show. ``enabled=False`` (``--debug`` / ``--verbose``) lets all of it through.
+
+    Example:
+        >>> with quiet_third_party():
+        ...     print("hidden")
+    """
+    if not enabled:
+        yield
+        return
+    # NNCF's INFO lines; torch's "No CUDA runtime is found" warning when NNCF imports it on a CPU machine
+    logs = {"nncf": logging.WARNING, "torch.utils.cpp_extension": logging.ERROR}
+    levels = {name: logging.getLogger(name).level for name in logs}
+    for name, level in logs.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _nncf_preset(nncf: Any, preset: str) -> Any:
     return {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]
 
 
 def _nncf_run(nncf: Any, model: Any, calib: Any, *, as_dict: bool, preset: str, ignored: list[str], gate: Any,
-              max_drop: float | None, ranking_subset: int | None) -> Any:
+              max_drop: float | None, ranking_subset: int | None, model_type: str | None = None) -> Any:
     scope = nncf.IgnoredScope(names=ignored, validate=False) if ignored else None
     common = dict(preset=_nncf_preset(nncf, preset), subset_size=len(calib), fast_bias_correction=True, ignored_scope=scope)
+    if model_type:
+        common["model_type"] = nncf.ModelType(model_type)
     if gate is None:
         return nncf.quantize(model, calib.nncf_dataset(as_dict), **common)
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -38,7 +69,8 @@ def _nncf_run(nncf: Any, model: Any, calib: Any, *, as_dict: bool, preset: str, 
 
 
 def nncf_openvino(src: Path, calib: Any, *, preset: str, patterns: list[str], head: bool = True, gate: Any = None,
-                  max_drop: float | None = None, ranking_subset: int | None = None) -> tuple[Any, list[str]]:
+                  max_drop: float | None = None, ranking_subset: int | None = None,
+                  model_type: str | None = None) -> tuple[Any, list[str]]:
     """NNCF post-training quantization for OpenVINO -> ``openvino.Model``.
 
     An ONNX source goes through ``openvino.convert_model`` first (not ``Core.read_model``): its graph
@@ -58,12 +90,13 @@ def nncf_openvino(src: Path, calib: Any, *, preset: str, patterns: list[str], he
         raise ModelError(f"{src}: openvino could not read it: {str(e).strip().splitlines()[0]}") from None
     ignored = float_nodes(model, patterns, head)
     q = _nncf_run(nncf, model, calib, as_dict=False, preset=preset, ignored=ignored, gate=gate, max_drop=max_drop,
-                  ranking_subset=ranking_subset)
+                  ranking_subset=ranking_subset, model_type=model_type)
     return q, ignored
 
 
 def nncf_onnx(src: Path, calib: Any, *, preset: str, patterns: list[str], head: bool = True, gate: Any = None,
-              max_drop: float | None = None, ranking_subset: int | None = None) -> tuple[Any, list[str]]:
+              max_drop: float | None = None, ranking_subset: int | None = None,
+              model_type: str | None = None) -> tuple[Any, list[str]]:
     """NNCF post-training quantization of an ONNX model -> QDQ ``onnx.ModelProto``."""
     import nncf
     import onnx
@@ -71,7 +104,7 @@ def nncf_onnx(src: Path, calib: Any, *, preset: str, patterns: list[str], head: 
     model = onnx.load(str(src))
     ignored = float_nodes(model, patterns, head)
     q = _nncf_run(nncf, model, calib, as_dict=True, preset=preset, ignored=ignored, gate=gate, max_drop=max_drop,
-                  ranking_subset=ranking_subset)
+                  ranking_subset=ranking_subset, model_type=model_type)
     return q, ignored
 
 

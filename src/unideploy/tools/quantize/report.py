@@ -93,6 +93,21 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _speed_word(fp_ms: float, int8_ms: float) -> str:
+    """``"1.80x faster"`` or ``"2.17x slower"`` (never a factor below 1 called faster).
+
+    Example:
+        >>> _speed_word(10.0, 5.0), _speed_word(10.0, 21.7), _speed_word(10.0, 10.0)
+        ('2.00x faster', '2.17x slower', 'same speed')
+    """
+    if int8_ms <= 0 or fp_ms <= 0:
+        return ""
+    ratio = fp_ms / int8_ms
+    if round(ratio, 2) == 1.0:
+        return "same speed"
+    return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
+
+
 def format_report(r: dict[str, Any]) -> str:
     """The report as a small before/after table.
 
@@ -108,7 +123,7 @@ def format_report(r: dict[str, Any]) -> str:
         rows.append(("mAP50", _fmt(fp["mAP50"], ".4f"), _fmt(q["mAP50"], ".4f"), f"{-d['mAP50'] * 100:+.2f} pts"))
     if "ms_per_image" in q:
         rows.append(("ms/image", _fmt(fp["ms_per_image"], ".2f"), _fmt(q["ms_per_image"], ".2f"),
-                     f"{fp['ms_per_image'] / q['ms_per_image']:.2f}x faster"))
+                     _speed_word(fp["ms_per_image"], q["ms_per_image"])))
         rows.append((f"images/s ({q.get('mode', '')})", _fmt(fp["images_per_s"], ".1f"), _fmt(q["images_per_s"], ".1f"),
                      f"{q['images_per_s'] / fp['images_per_s']:.2f}x"))
     w0 = max(len(a) for a, *_ in rows)

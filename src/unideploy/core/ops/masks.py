@@ -1,0 +1,192 @@
+"""Instance masks in numpy: prototype assembly, COCO run-length encoding and polygons.
+
+:func:`assemble_masks` reproduces Ultralytics' ``process_mask_native`` (the ``retina_masks=True`` path: masks at the
+original image size). Ultralytics computes ``coeffs @ protos`` at prototype resolution, upsamples the logits by a
+small factor (1, 2 or 4, bilinear), cuts away the letterbox padding, resizes the rest bilinearly to the image size,
+thresholds at 0 and zeroes everything outside each box. Every one of those resamplings is linear, so their
+composition is a pair of matrices ``Ay`` (image rows x prototype rows) and ``Ax`` (image columns x prototype columns)
+and one mask is ``Ay[y1:y2] @ logits @ Ax[x1:x2].T`` evaluated only inside its box: the same values (up to float
+rounding) at a fraction of the cost of upsampling every mask to the full image.
+
+:func:`encode_rle` writes COCO's compressed RLE strings (the ``counts`` pycocotools' ``encode`` gives) without
+pycocotools; :func:`mask_to_polygon` gives the outline Ultralytics writes to its ``.txt`` labels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["assemble_masks", "bilinear_matrix", "decode_rle", "encode_rle", "mask_to_polygon", "mask_iou",
+           "proto_resample_matrices"]
+
+
+def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix of 1-D bilinear resampling with half-pixel centres (``align_corners=False``), the weights
+    ``torch.nn.functional.interpolate(mode="bilinear")`` and OpenCV's ``INTER_LINEAR`` upsampling use.
+
+    Example:
+        >>> bilinear_matrix(4, 2).round(2).tolist()
+        [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
+    """
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    m = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
+    return m
+
+
+def proto_resample_matrices(proto_hw: tuple[int, int], shape: tuple[int, int],
+                            ratio: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(Ay, Ax): prototype grid -> original image rows/columns, as Ultralytics' ``process_mask_native`` maps them.
+
+    Args:
+        proto_hw: prototype (height, width); the model input is ``ratio`` times larger.
+        shape: original image (height, width).
+        ratio: model input size / prototype size (4 for YOLOv8/11 and YOLOv5 heads).
+    """
+    mh, mw = proto_hw
+    h, w = shape
+    gain = min(ratio * mh / h, ratio * mw / w)
+    pad = (ratio * mh - max(round(h * gain), 1)) | (ratio * mw - max(round(w * gain), 1))
+    f = ratio // math.gcd(ratio, pad | pad // 2)  # the upsampling that puts the padding on whole pixels
+    uh, uw = f * mh, f * mw
+    up_y, up_x = bilinear_matrix(uh, mh), bilinear_matrix(uw, mw)
+    if (uh, uw) == (h, w):
+        return up_y.astype(np.float32), up_x.astype(np.float32)
+    g = min(uh / h, uw / w)
+    pad_w, pad_h = (uw - max(round(w * g), 1)) / 2, (uh - max(round(h * g), 1)) / 2
+    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+    bottom, right = top + max(round(h * g), 1), left + max(round(w * g), 1)
+    ay = bilinear_matrix(h, bottom - top) @ up_y[top:bottom]
+    ax = bilinear_matrix(w, right - left) @ up_x[left:right]
+    return ay.astype(np.float32), ax.astype(np.float32)
+
+
+def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, shape: tuple[int, int],
+                   ratio: int = 4) -> np.ndarray:
+    """Instance masks (N, H, W) bool at the original image size, as Ultralytics' ``process_mask_native``.
+
+    Args:
+        protos: (C, mh, mw) prototypes of one image.
+        coeffs: (N, C) mask coefficients of the kept boxes.
+        boxes: (N, 4) xyxy boxes in original image pixels (already mapped back through the letterbox and clipped).
+        shape: original image (height, width).
+        ratio: model input size / prototype size.
+
+    Returns:
+        (N, H, W) bool: logit > 0 inside the box (pixel column ``c`` is inside when ``x1 <= c < x2``), False outside.
+
+    Example:
+        >>> import numpy as np
+        >>> m = assemble_masks(np.ones((1, 8, 8), np.float32), np.ones((1, 1), np.float32),
+        ...                    np.array([[2, 2, 10.5, 6]], np.float32), (32, 32))
+        >>> m.shape, int(m.sum()), bool(m[0, 2, 2]), bool(m[0, 6, 2])
+        ((1, 32, 32), 36, True, False)
+    """
+    h, w = shape
+    protos = np.asarray(protos, np.float32)
+    c, mh, mw = protos.shape
+    coeffs = np.asarray(coeffs, np.float32).reshape(-1, c)
+    out = np.zeros((len(coeffs), h, w), bool)
+    if not len(coeffs):
+        return out
+    ay, ax = proto_resample_matrices((mh, mw), (h, w), ratio)
+    logits = (coeffs @ protos.reshape(c, -1)).reshape(-1, mh, mw)
+    b = np.asarray(boxes, np.float64)
+    x1 = np.clip(np.ceil(b[:, 0]), 0, w).astype(np.int64)  # columns c with x1 <= c < x2
+    x2 = np.clip(np.ceil(b[:, 2]), 0, w).astype(np.int64)
+    y1 = np.clip(np.ceil(b[:, 1]), 0, h).astype(np.int64)
+    y2 = np.clip(np.ceil(b[:, 3]), 0, h).astype(np.int64)
+    for i in range(len(coeffs)):
+        if x2[i] > x1[i] and y2[i] > y1[i]:
+            out[i, y1[i]:y2[i], x1[i]:x2[i]] = (ay[y1[i]:y2[i]] @ logits[i] @ ax[x1[i]:x2[i]].T) > 0
+    return out
+
+
+def _runs(mask: np.ndarray) -> np.ndarray:
+    """Run lengths of a (H, W) mask in column-major order, starting with a run of zeros (COCO's convention)."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    if not flat.size:
+        return np.zeros(0, np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate(([0], change, [flat.size]))
+    counts = np.diff(edges)
+    return np.concatenate(([0], counts)) if flat[0] else counts
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of one (H, W) mask: ``{"size": [H, W], "counts": str}``, as ``pycocotools.mask.encode``.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.zeros((4, 4), bool); m[1:3, 1:3] = True
+        >>> encode_rle(m)
+        {'size': [4, 4], 'counts': '52203'}
+    """
+    h, w = mask.shape
+    counts = _runs(mask).tolist()
+    chars = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            chars.append(chr(c + 48))
+    return {"size": [int(h), int(w)], "counts": "".join(chars)}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """The (H, W) bool mask of a COCO compressed RLE (the inverse of :func:`encode_rle`)."""
+    h, w = rle["size"]
+    s = rle["counts"]
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    values = np.zeros(len(counts), bool)
+    values[1::2] = True
+    flat = np.repeat(values, counts)
+    if flat.size != h * w:
+        raise ValueError(f"RLE counts cover {flat.size} pixels, expected {h} x {w} = {h * w}")
+    return flat.reshape((w, h)).T
+
+
+def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
+    """The outline (K, 2) float32 of the largest external contour of a (H, W) mask ((0, 2) when empty)."""
+    contours = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return np.zeros((0, 2), np.float32)
+    return max(contours, key=len).reshape(-1, 2).astype(np.float32)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of two stacks of (H, W) masks of one image."""
+    fa = np.asarray(a, bool).reshape(len(a), -1).astype(np.float32)
+    fb = np.asarray(b, bool).reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)

@@ -1,0 +1,95 @@
+"""Ultralytics YOLOv8 / YOLO11 instance segmentation (``-seg``).
+
+Two outputs: detections ``(B, 4 + nc + nm, N)`` (centre-x, centre-y, w, h in input pixels, class scores, ``nm``
+mask coefficients; or end-to-end ``(B, K, 6 + nm)`` x1, y1, x2, y2, score, class, coefficients) and mask prototypes
+``(B, nm, H/4, W/4)``. Postprocessing is Ultralytics' ``SegmentationPredictor`` with ``retina_masks=True``: the
+detector's NMS, boxes mapped back to the image, masks assembled at the image size
+(:func:`unideploy.core.ops.masks.assemble_masks`, its ``process_mask_native``), and instances whose mask is empty
+dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from unideploy.core.errors import ModelError
+from unideploy.core.ops.letterbox import LetterboxInfo, unletterbox_boxes
+from unideploy.core.ops.masks import assemble_masks
+from unideploy.core.options import PostprocessOptions
+from unideploy.core.results import Masks, Segmentations
+from unideploy.core.spec import ModelSpec
+from unideploy.runtime.backends.base import TensorInfo
+from unideploy.runtime.families.yolo import YoloAdapter, end2end_rows, yolo_nms
+
+__all__ = ["YoloSegAdapter"]
+
+
+def _split(outputs: Sequence[TensorInfo]) -> tuple[TensorInfo | None, TensorInfo | None]:
+    preds = [o for o in outputs if len(o.shape) == 3]
+    protos = [o for o in outputs if len(o.shape) == 4]
+    return (preds[0] if len(preds) == 1 else None), (protos[0] if len(protos) == 1 else None)
+
+
+class YoloSegAdapter(YoloAdapter):
+    """Ultralytics ``-seg`` models -> :class:`~unideploy.core.results.Segmentations` (masks at the image size).
+
+    Example:
+        >>> import unideploy
+        >>> with unideploy.load("yolov8n-seg.onnx") as p:  # doctest: +SKIP
+        ...     seg = p("bus.jpg"); seg.masks.data.shape
+    """
+
+    name = "yolo_seg"
+    task = "segment"
+    layout = ("(B, 4+nc+nm, N) boxes + class scores + mask coefficients (or end-to-end (B, K, 6+nm)) "
+              "and prototypes (B, nm, H/4, W/4)")
+
+    @classmethod
+    def matches(cls, spec: ModelSpec, outputs: Sequence[TensorInfo]) -> bool:
+        if spec.task not in ("segment", "detect") or len(outputs) != 2:
+            return False
+        pred, proto = _split(outputs)
+        if pred is None or proto is None or proto.shape[1] is None:
+            return False
+        nm, c, k = proto.shape[1], pred.shape[1], pred.shape[2]
+        if spec.end2end or (k is not None and k == 6 + nm and c != k):
+            return True
+        return c is not None and c > 4 + nm and (not spec.num_classes or c == 4 + spec.num_classes + nm)
+
+    def __init__(self, spec: ModelSpec, outputs: Sequence[TensorInfo] = (), keep=()) -> None:
+        super().__init__(spec, outputs, keep)
+        if outputs and _split(outputs)[1] is None:
+            shapes = ", ".join(f"{o.name}{o.describe()}" for o in outputs)
+            raise ModelError(f"segmentation model: expected detections (B, 4+nc+nm, N) and mask prototypes "
+                             f"(B, nm, H/4, W/4), got {shapes}; export it with its prototype output (Ultralytics "
+                             f"exports both) or pass --family yolo to read boxes only")
+
+    def postprocess(self, outputs: list[np.ndarray], infos: list[LetterboxInfo],
+                    options: PostprocessOptions | None = None) -> list[Segmentations]:
+        o = self.resolve_options(options)
+        preds = [x for x in outputs if x.ndim == 3]
+        protos = [x for x in outputs if x.ndim == 4]
+        if len(preds) != 1 or len(protos) != 1:
+            raise ModelError(f"segmentation model: expected one (B, C, N) output and one (B, nm, h, w) prototype "
+                             f"output, got shapes {[tuple(x.shape) for x in outputs]}")
+        out, proto = np.asarray(preds[0], np.float32), np.asarray(protos[0], np.float32)
+        nm = proto.shape[1]
+        e2e = self.spec.end2end if self.spec.end2end is not None else (out.shape[2] == 6 + nm and out.shape[1] != 6 + nm)
+        ratio = max(1, round(self.spec.imgsz[0] / proto.shape[2]))  # type: ignore[index]
+        results = []
+        for pred, pr, info in zip(out, proto, infos):
+            if e2e:
+                sel = end2end_rows(pred, o.conf, o.max_det, o.classes)
+                boxes, scores, cls, coeffs = sel[:, :4].copy(), sel[:, 4], sel[:, 5].astype(np.int64), sel[:, 6:]
+            else:
+                nc = self.spec.num_classes or pred.shape[0] - 4 - nm
+                boxes, scores, cls, idx = yolo_nms(pred, nc, o.conf, o.iou, o.max_det, o.agnostic, o.classes)
+                coeffs = pred[4 + nc: 4 + nc + nm, idx].T
+            unletterbox_boxes(boxes, info)
+            masks = assemble_masks(pr, coeffs, boxes, info.orig_shape, ratio)
+            keep = masks.reshape(len(masks), -1).any(1)  # Ultralytics drops instances whose mask is empty
+            results.append(Segmentations(boxes[keep], scores[keep], cls[keep], self.spec.names, info.orig_shape,
+                                         masks=Masks(masks[keep])))
+        return results

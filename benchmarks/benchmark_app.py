@@ -130,9 +130,39 @@ def run_unideploy(xml: Path, mode: str, precision: str, seconds: float, requests
         raise SystemExit(f"unideploy bench failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
     run = json.loads(out.read_text())["runs"][0]
     pure = run["batches"][0]["pure"]
-    return {"throughput_fps": pure["throughput"], "median_ms": pure["latency_ms"].get("median"),
+    return {"throughput_fps": pure["throughput"], "median_ms": pure["latency_ms"].get("median_ms"),
             "requests": pure["requests"], "runs": pure["runs"], "precision": run.get("precision"),
             "command": " ".join(cmd[1:])}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Median FPS / median latency per (model, precision, mode) over the rounds, and the unideploy/benchmark_app ratio."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["precision"], r["mode"]), []).append(r)
+    out = []
+    for (model, precision, mode), rs in groups.items():
+        ba = statistics.median(r["benchmark_app"]["throughput_fps"] for r in rs)
+        ud = statistics.median(r["unideploy"]["throughput_fps"] for r in rs)
+        out.append({"model": model, "precision": precision, "mode": mode, "rounds": len(rs),
+                    "benchmark_app_fps": ba, "unideploy_fps": ud, "ratio_fps": ud / ba,
+                    "benchmark_app_median_ms": statistics.median(r["benchmark_app"].get("median_ms", 0) for r in rs),
+                    "unideploy_median_ms": statistics.median(r["unideploy"].get("median_ms") or 0 for r in rs),
+                    "requests": rs[0]["benchmark_app"].get("requests")})
+    return out
+
+
+def format_summary(summary: list[dict]) -> str:
+    """The medians as a Markdown table."""
+    lines = ["| model | precision | mode | benchmark_app FPS | unideploy FPS | ratio | median ms (b_a / unideploy) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {Path(s['model']).parent.name}/{Path(s['model']).name} | {s['precision']} | {s['mode']} "
+                     f"x{s['requests']} | {s['benchmark_app_fps']:.1f} | {s['unideploy_fps']:.1f} | {s['ratio_fps']:.2f} | "
+                     f"{s['benchmark_app_median_ms']:.2f} / {s['unideploy_median_ms']:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,29 +171,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time", type=float, default=10.0, help="seconds per measurement (default 10)")
     ap.add_argument("--modes", default="sync,async")
     ap.add_argument("--precisions", default="f32,default")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat everything N times; the table gives medians")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="benchmark_app_"))
     rows = []
-    for model in a.models:
-        xml = _xml(Path(model))
-        shape = _shape(xml)
-        for precision in a.precisions.split(","):
-            for mode in a.modes.split(","):
-                ba = run_benchmark_app(xml, shape, mode, precision, a.time)
-                ud = run_unideploy(xml, mode, precision, a.time, ba.get("requests"), work)
-                row = {"model": str(xml), "shape": shape, "precision": precision, "mode": mode,
-                       "benchmark_app": ba, "unideploy": ud,
-                       "ratio_fps": ud["throughput_fps"] / ba["throughput_fps"], "load_average": os.getloadavg()[0]}
-                rows.append(row)
-                print(f"{xml.name:28s} {precision:7s} {mode:5s}  benchmark_app {ba['throughput_fps']:8.1f} FPS "
-                      f"(x{ba.get('requests', '?')}, {ba.get('precision', '?')})  unideploy {ud['throughput_fps']:8.1f} "
-                      f"FPS (x{ud['requests']})  ratio {row['ratio_fps']:.2f}  load {row['load_average']:.1f}", flush=True)
+    models = [(_xml(Path(m)), None) for m in a.models]
+    models = [(xml, _shape(xml)) for xml, _ in models]
+    for r in range(a.rounds):
+        for xml, shape in models:
+            for precision in a.precisions.split(","):
+                for mode in a.modes.split(","):
+                    ba = run_benchmark_app(xml, shape, mode, precision, a.time)
+                    ud = run_unideploy(xml, mode, precision, a.time, ba.get("requests"), work)
+                    row = {"round": r, "model": str(xml), "shape": shape, "precision": precision, "mode": mode,
+                           "benchmark_app": ba, "unideploy": ud, "ratio_fps": ud["throughput_fps"] / ba["throughput_fps"],
+                           "load_average": os.getloadavg()[0]}
+                    rows.append(row)
+                    print(f"{xml.parent.name}/{xml.name} {precision} {mode}: benchmark_app {ba['throughput_fps']:.1f} FPS "
+                          f"(x{ba.get('requests', '?')}, {ba.get('precision', '?')}), unideploy {ud['throughput_fps']:.1f} "
+                          f"FPS (x{ud['requests']}), ratio {row['ratio_fps']:.2f}, load {row['load_average']:.1f}",
+                          flush=True)
     shutil.rmtree(work, ignore_errors=True)
     import openvino as ov
 
-    result = {"rows": rows, "cpu_count": os.cpu_count(), "openvino": ov.__version__, "seconds": a.time,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    summary = summarise(rows)
+    print(format_summary(summary))
+    result = {"summary": summary, "rows": rows, "cpu_count": os.cpu_count(), "openvino": ov.__version__,
+              "seconds": a.time, "rounds": a.rounds, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=2))

@@ -32,7 +32,7 @@ import numpy as np
 from unideploy.core.errors import BackendError, UnideployError
 from unideploy.core.ops.letterbox import LetterboxInfo
 from unideploy.core.options import PostprocessOptions
-from unideploy.core.sources import Item, Source
+from unideploy.core.sources import Item, Outcome, Source
 from unideploy.runtime.backends.base import Session
 from unideploy.runtime.families.base import Adapter
 
@@ -73,20 +73,6 @@ class StageTimes:
 
     def summary(self) -> dict[str, float]:
         return {k: float(np.mean(v)) if v else 0.0 for k, v in self.__dict__.items()}
-
-
-@dataclass
-class Outcome:
-    """What happened to one item of a stream: its result, or the error that made it skip."""
-
-    item: Item
-    result: Any = None
-    error: UnideployError | None = None
-    image: np.ndarray | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 class StreamModel(Protocol):

@@ -211,6 +211,12 @@ def _ultralytics_meta(ckpt: Any, storages: dict[str, bytes]) -> dict[str, str]:
         hs = _state(head)
         if hs.get("_end2end") or (hs.get("end2end") is True):
             meta["end2end"] = "True"
+    # pose models: (keypoints, values per keypoint), from the head or the model's yaml, as Ultralytics' export writes
+    kpt = _state(head).get("kpt_shape") if head is not None else None
+    if kpt is None and isinstance(st.get("yaml"), dict):
+        kpt = st["yaml"].get("kpt_shape")
+    if isinstance(kpt, (list, tuple)) and len(kpt) == 2 and all(isinstance(v, int) for v in kpt):
+        meta["kpt_shape"] = repr([int(kpt[0]), int(kpt[1])])
     meta["batch"] = "1"
     return meta
 

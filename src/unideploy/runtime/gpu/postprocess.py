@@ -26,7 +26,7 @@ from unideploy.core.options import PostprocessOptions
 from unideploy.core.results import Detections
 from unideploy.runtime.families.yolo import MAX_NMS, MAX_WH, YoloAdapter
 
-__all__ = ["IMAGE_GAP", "postprocess_batch", "select_candidates"]
+__all__ = ["IMAGE_GAP", "letterbox_table", "nms_batch", "postprocess_batch", "select_candidates"]
 
 #: distance between images in the batched NMS (exact in float64 for any class offset below 2**26)
 IMAGE_GAP = float(2**26)
@@ -69,6 +69,65 @@ def select_candidates(pred: Any, conf: float, classes: Sequence[int] | None, nc:
     return img, anchor, best[img, anchor], cls[img, anchor]
 
 
+def nms_batch(pred: Any, infos: Sequence[LetterboxInfo], o: PostprocessOptions, nc: int) -> tuple[Any, ...]:
+    """Device NMS of a (B, C, N) YOLO head: what survives, grouped by image, score order kept within each.
+
+    Returns:
+        (anchor, img, counts, boxes, score, cls): kept anchor index and image index of each row, kept rows per image
+        (B,), xyxy boxes mapped back through each image's letterbox and clipped, score and class — all on the device.
+        Columns ``4 + nc`` onwards of ``pred`` (mask coefficients, keypoints) belong to ``pred[img, :, anchor]``.
+    """
+    import torch
+
+    conf, iou, max_det, agnostic, classes = o.conf, o.iou, o.max_det, o.agnostic, o.classes
+    dev = pred.device
+    b = len(infos)
+    img, anchor, score, cls = select_candidates(pred, conf, classes, nc)
+    if not img.numel():
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        return (empty, empty, torch.zeros(b, dtype=torch.int64, device=dev), torch.zeros((0, 4), device=dev),
+                torch.zeros(0, device=dev), empty)
+    counts = torch.bincount(img, minlength=b)
+    if int(counts.max()) > MAX_NMS:  # rare: keep the MAX_NMS best of each image, as Ultralytics does
+        keep = []
+        for i in torch.nonzero(counts, as_tuple=True)[0].tolist():
+            sel = torch.nonzero(img == i, as_tuple=True)[0]
+            if sel.numel() > MAX_NMS:
+                sel = sel[torch.argsort(score[sel], descending=True, stable=True)[:MAX_NMS]]
+            keep.append(sel)
+        sel = torch.cat(keep)
+        img, anchor, score, cls = img[sel], anchor[sel], score[sel], cls[sel]
+    box = pred[img, :4, anchor]  # cx, cy, w, h
+    xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1)
+    # class offsets in float32 exactly as the CPU adapter (and Ultralytics) add them; then each image apart
+    # (_sorted_nms): same-image IoUs see the CPU path's coordinates
+    off = xyxy + (cls.to(torch.float32) * (0 if agnostic else MAX_WH))[:, None]
+    order = torch.argsort(score, descending=True, stable=True)  # ties keep anchor order, as np.argsort(kind="stable")
+    keep = order[_sorted_nms(off[order], img[order], iou)]  # score-descending
+    k_img = img[keep]
+    order = torch.argsort(k_img, stable=True)  # group by image, score order kept within each
+    keep, k_img = keep[order], k_img[order]
+    counts = torch.bincount(k_img, minlength=b)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(keep), device=dev) - starts[k_img]
+    ok = rank < max_det
+    keep, k_img = keep[ok], k_img[ok]
+    counts = torch.bincount(k_img, minlength=b)
+    boxes = xyxy[keep]
+    pads = letterbox_table(infos, dev)[k_img]
+    boxes[:, 0::2] = ((boxes[:, 0::2] - pads[:, 0:1]) / pads[:, 2:3]).clamp_(min=0).minimum(pads[:, 4:5])
+    boxes[:, 1::2] = ((boxes[:, 1::2] - pads[:, 1:2]) / pads[:, 3:4]).clamp_(min=0).minimum(pads[:, 5:6])
+    return anchor[keep], k_img, counts, boxes, score[keep], cls[keep]
+
+
+def letterbox_table(infos: Sequence[LetterboxInfo], device: Any) -> Any:
+    """(B, 6) float32 rows ``pad_x pad_y gain_x gain_y width height`` of each image's letterbox, on ``device``."""
+    import torch
+
+    return torch.tensor([[i.pad[0], i.pad[1], i.gain[0], i.gain[1], i.orig_shape[1], i.orig_shape[0]] for i in infos],
+                        dtype=torch.float32, device=device)
+
+
 def postprocess_batch(pred: Any, infos: Sequence[LetterboxInfo], options: PostprocessOptions | None = None, *,
                       names: dict[int, str] | None = None, nc: int | None = None) -> list[Detections]:
     """Raw YOLO head output (B, 4 + nc, N) on any device -> one :class:`Detections` per image.
@@ -83,48 +142,13 @@ def postprocess_batch(pred: Any, infos: Sequence[LetterboxInfo], options: Postpr
     import torch
 
     o = (options if options is not None else PostprocessOptions()).resolved(YoloAdapter.postprocess_defaults)
-    conf, iou, max_det, agnostic, classes = o.conf, o.iou, o.max_det, o.agnostic, o.classes
-
     pred = pred[: len(infos)].float()
-    dev = pred.device
     b = len(infos)
-    nc = nc or pred.shape[1] - 4
-    img, anchor, score, cls = select_candidates(pred, conf, classes, nc)
-    if img.numel():
-        counts = torch.bincount(img, minlength=b)
-        if int(counts.max()) > MAX_NMS:  # rare: keep the MAX_NMS best of each image, as Ultralytics does
-            keep = []
-            for i in torch.nonzero(counts, as_tuple=True)[0].tolist():
-                sel = torch.nonzero(img == i, as_tuple=True)[0]
-                if sel.numel() > MAX_NMS:
-                    sel = sel[torch.argsort(score[sel], descending=True, stable=True)[:MAX_NMS]]
-                keep.append(sel)
-            sel = torch.cat(keep)
-            img, anchor, score, cls = img[sel], anchor[sel], score[sel], cls[sel]
-        box = pred[img, :4, anchor]  # cx, cy, w, h
-        xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1)
-        # class offsets in float32 exactly as the CPU adapter (and Ultralytics) add them; then each image apart
-        # (_sorted_nms): same-image IoUs see the CPU path's coordinates
-        off = xyxy + (cls.to(torch.float32) * (0 if agnostic else MAX_WH))[:, None]
-        order = torch.argsort(score, descending=True, stable=True)  # ties keep anchor order, as np.argsort(kind="stable")
-        keep = order[_sorted_nms(off[order], img[order], iou)]  # score-descending
-        k_img = img[keep]
-        order = torch.argsort(k_img, stable=True)  # group by image, score order kept within each
-        keep, k_img = keep[order], k_img[order]
-        counts = torch.bincount(k_img, minlength=b)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(keep), device=dev) - starts[k_img]
-        ok = rank < max_det
-        keep, k_img = keep[ok], k_img[ok]
-        counts = torch.bincount(k_img, minlength=b)
-        boxes = xyxy[keep]
-        pads = torch.tensor([[i.pad[0], i.pad[1], i.gain[0], i.gain[1], i.orig_shape[1], i.orig_shape[0]] for i in infos],
-                            dtype=torch.float32, device=dev)[k_img]
-        boxes[:, 0::2] = ((boxes[:, 0::2] - pads[:, 0:1]) / pads[:, 2:3]).clamp_(min=0).minimum(pads[:, 4:5])
-        boxes[:, 1::2] = ((boxes[:, 1::2] - pads[:, 1:2]) / pads[:, 3:4]).clamp_(min=0).minimum(pads[:, 5:6])
-        packed = torch.cat([counts.float(), torch.cat([boxes, score[keep, None], cls[keep, None].float()], 1).flatten()])
+    _, k_img, counts, boxes, score, cls = nms_batch(pred, infos, o, nc or pred.shape[1] - 4)
+    if len(k_img):
+        packed = torch.cat([counts.float(), torch.cat([boxes, score[:, None], cls[:, None].float()], 1).flatten()])
     else:
-        packed = torch.zeros(b, device=dev)
+        packed = torch.zeros(b, device=pred.device)
     host = packed.cpu().numpy()  # the one device-to-host copy of the batch
     counts_h = host[:b].astype(np.int64)
     rows = host[b:].reshape(-1, 6)

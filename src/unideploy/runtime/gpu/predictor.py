@@ -40,13 +40,16 @@ from unideploy.core.sources import Item, Source, read_image
 from unideploy.runtime.gpu.decode import decode_batch
 from unideploy.runtime.gpu.letterbox import letterbox_batch, normalize_batch
 from unideploy.runtime.gpu.postprocess import postprocess_batch
+from unideploy.runtime.gpu.tasks import postprocess_pose, postprocess_segment
 from unideploy.runtime.predictor import Predictor
 from unideploy.runtime.stream import Outcome
 
-__all__ = ["DEFAULT_BATCH", "GpuPredictor"]
+__all__ = ["DEFAULT_BATCH", "GPU_FAMILIES", "GpuPredictor"]
 
 _END = object()
 DEFAULT_BATCH = 32  # images per forward pass when the caller gives none
+#: families the GPU predictor runs (segmentation and pose postprocessed on the device, oriented boxes on the host)
+GPU_FAMILIES = ("yolo", "yolo_seg", "yolo_pose", "yolo_obb")
 
 
 def _read(item: Item) -> tuple[str, Any]:
@@ -92,9 +95,9 @@ class GpuPredictor(Predictor):
             if self.tdev.type != "cuda" and not allow_cpu:
                 raise DeviceError(f"the GPU predictor needs a CUDA device, got {device!r}; use unideploy.load for "
                                   f"other devices")
-            if (self.adapter.name != "yolo" or self.spec.resize not in ("letterbox", "letterbox_topleft")
+            if (self.adapter.name not in GPU_FAMILIES or self.spec.resize not in ("letterbox", "letterbox_topleft")
                     or self.spec.layout != "nchw"):
-                raise ModelError(f"the GPU predictor runs letterboxed NCHW YOLO detectors; this model is "
+                raise ModelError(f"the GPU predictor runs letterboxed NCHW YOLO detect/segment/pose/obb models; this model is "
                                  f"{self.adapter.name} with resize={self.spec.resize}: use unideploy.load")
             self.cuda = self.tdev.type == "cuda"
             self._pre_stream = torch.cuda.Stream(device=self.tdev) if self.cuda else None
@@ -141,10 +144,34 @@ class GpuPredictor(Predictor):
             pad = self.torch.zeros((self.fixed_batch - n, *x.shape[1:]), dtype=x.dtype, device=x.device)
             x = self.torch.cat([x, pad])
         outs = self.session.run_tensor(x, clone=False)  # type: ignore[attr-defined]
+        if self.adapter.name != "yolo":
+            return self._infer_post_task(outs, n, infos, opts)
         pred = outs[0]
         if pred.ndim == 3 and self.adapter._is_end2end(np.empty((1, *pred.shape[1:]), np.float32)):  # (B, K, 6) heads
             return self.adapter.postprocess([pred[:n].float().cpu().numpy()], infos, opts)
         return postprocess_batch(pred, infos, opts, names=self.spec.names, nc=self.spec.num_classes or None)
+
+    def _infer_post_task(self, outs: Sequence[Any], n: int, infos: list[Any], opts: PostprocessOptions) -> list[Any]:
+        """Segmentation and pose heads on the device (:mod:`unideploy.runtime.gpu.tasks`); oriented boxes and
+        end-to-end heads through the family's CPU adapter (one copy of the raw outputs)."""
+        adapter, spec = self.adapter, self.spec
+        o = adapter.resolve_options(opts)
+        preds = [t for t in outs if t.ndim == 3]
+        protos = [t for t in outs if t.ndim == 4]
+        pred = preds[0] if preds else outs[0]
+        if adapter.name == "yolo_seg" and len(preds) == 1 and len(protos) == 1:
+            nm = int(protos[0].shape[1])
+            e2e = spec.end2end if spec.end2end is not None else (pred.shape[2] == 6 + nm and pred.shape[1] != 6 + nm)
+            if not e2e:
+                ratio = max(1, round(spec.imgsz[0] / protos[0].shape[2]))  # type: ignore[index]
+                nc = spec.num_classes or pred.shape[1] - 4 - nm
+                return postprocess_segment(pred, protos[0], infos, o, names=spec.names, nc=nc, ratio=ratio)
+        if adapter.name == "yolo_pose" and len(outs) == 1:
+            k, d = adapter.kpt_shape  # type: ignore[attr-defined]
+            e2e = spec.end2end if spec.end2end is not None else (pred.shape[2] == 6 + k * d and pred.shape[1] != 6 + k * d)
+            if not e2e:
+                return postprocess_pose(pred, infos, o, names=spec.names, nc=pred.shape[1] - 4 - k * d, kpt_shape=(k, d))
+        return adapter.postprocess([t[:n].float().cpu().numpy() for t in outs], infos, opts)
 
     # -- public ---------------------------------------------------------------------------------
     def predict_tensors(self, images: Sequence[Any], **options: Any) -> list[Detections]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = {"requirements/dev.lock": ["dev"], "requirements/demo.lock": ["openvino", "plot", "quantize"]}
+LOCKS = {"requirements/dev.lock": ["dev"], "requirements/demo.lock": ["openvino", "plot", "quantize", "track-eval"]}
 
 
 def _canon(name: str) -> str:

@@ -77,3 +77,40 @@ def test_camera_motion_matches_ultralytics(demo_frames):
     ours, ref = SparseFlowGMC(), GMC("sparseOptFlow")
     for _, image in demo_frames:
         np.testing.assert_allclose(ours.apply(image), ref.apply(image), atol=1e-9)
+
+
+def _rotated_sequence(seed: int):
+    """The recorded sequence's boxes as rotated boxes: each object turns slowly; some are taller than wide (the
+    trackers turn those to long-edge form), angles cross the half-turn boundary."""
+    from unideploy.core.results import OrientedDetections
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for f, (b, c, k) in enumerate(detection_sequence(seed, frames=80)):
+        xywh = np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1)
+        angle = (0.05 * f + 0.4 * np.arange(len(b)) + rng.normal(0, 0.02, len(b))) % np.pi - np.pi / 4
+        out.append(OrientedDetections.from_xywhr(np.concatenate([xywh, angle[:, None]], 1).astype(np.float32), c, k))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bytetrack", "botsort"])
+@pytest.mark.parametrize("seed", [0, 4])
+def test_rotated_boxes_track_as_ultralytics_obb(kind, seed):
+    """Oriented detections: matched on probabilistic IoU, angle carried along, same ids and boxes as Ultralytics'
+    trackers fed its ``OBB`` results."""
+    from ultralytics.engine.results import OBB
+
+    cfg = tracker_config(kind, {"gmc_method": "none"} if kind == "botsort" else None)
+    ref = (BYTETracker if kind == "bytetrack" else ul_trackers.BOTSORT)(SimpleNamespace(**cfg.to_dict()))
+    ours = make_tracker(cfg)
+    compared = 0
+    for f, det in enumerate(_rotated_sequence(seed)):
+        data = np.concatenate([det.obb.xywhr, det.confidence[:, None], det.class_id[:, None].astype(np.float32)], 1)
+        expected = ref.update(OBB(data, (640, 640))).reshape(-1, 9)
+        got = ours.update(det)
+        assert got.tracker_id.tolist() == expected[:, 5].astype(int).tolist(), f"frame {f}"
+        np.testing.assert_allclose(got.obb.xywhr, expected[:, :5], atol=1e-3, rtol=0, err_msg=f"frame {f}")
+        np.testing.assert_array_equal(got.confidence, det.confidence[expected[:, 8].astype(int)])
+        np.testing.assert_allclose(got.xyxy, got.obb.xyxy)  # the bounds of the tracked rotated box
+        compared += len(got)
+    assert compared > 150

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["detection_sequence", "shapes_video"]
+__all__ = ["detection_sequence", "shapes_video", "ultralytics_mot_rows"]
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -70,3 +70,19 @@ def shapes_video(path: Path, frames: int = 30, size: tuple[int, int] = (320, 240
         writer.write(frame)
     writer.release()
     return path
+
+
+def ultralytics_mot_rows(model: str, video: str, tracker: str, **kwargs) -> np.ndarray:
+    """Ultralytics' ``YOLO(model).track`` over ``video`` as MOTChallenge rows (frame,id,x,y,w,h,score,class+1,-1),
+    frames 1-based; boxes Ultralytics returns without an id (no confirmed track on that frame) are left out."""
+    from ultralytics import YOLO
+
+    rows = []
+    for f, r in enumerate(YOLO(model, task="detect").track(video, stream=True, tracker=f"{tracker}.yaml",
+                                                            verbose=False, **kwargs), 1):
+        b = r.boxes
+        if b.id is None:
+            continue
+        for (x1, y1, x2, y2), s, c, t in zip(b.xyxy.tolist(), b.conf.tolist(), b.cls.tolist(), b.id.tolist()):
+            rows.append([f, t, x1, y1, x2 - x1, y2 - y1, s, c + 1, -1])
+    return np.array(rows, np.float64).reshape(-1, 9)

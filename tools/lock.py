@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: lock file -> extras of pyproject.toml it covers
 LOCKS = {
     "requirements/dev.lock": ["dev"],
-    "requirements/demo.lock": ["openvino", "plot", "quantize"],
+    "requirements/demo.lock": ["openvino", "plot", "quantize", "track-eval"],
 }
 #: the demo lock takes the dev lock's versions, so both installs run what CI tested
 CONSTRAINED_BY = {"requirements/demo.lock": "requirements/dev.lock"}

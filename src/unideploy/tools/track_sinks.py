@@ -49,17 +49,23 @@ class MotSink(BaseSink):
         ...         sink.add(out)
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.lines: list[str] = []
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path is not None else None  # type: ignore[assignment]
+        self.lines: list[str] = []  # None: keep the lines in memory only (``lines``), write nothing
 
     def add(self, outcome: Any) -> None:
         """Append the tracked boxes of one successful frame."""
         if outcome.error is None and isinstance(outcome.result, Detections):
             self.lines.extend(mot_lines(_frame_number(outcome.item), outcome.result))
 
+    def rows(self) -> np.ndarray:
+        """The lines so far as a float64 array (n, 9), the layout :mod:`unideploy.tools.evaluate.tracking` scores."""
+        return np.array([[float(v) for v in ln.split(",")] for ln in self.lines], np.float64).reshape(-1, 9)
+
     def close(self) -> None:
-        """Write the file (an empty file when no frame had a track)."""
+        """Write the file (an empty file when no frame had a track); nothing without a path."""
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, "".join(line + "\n" for line in self.lines))
 

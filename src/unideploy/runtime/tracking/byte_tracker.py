@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from unideploy.core.results import Detections
+from unideploy.core.ops.rotated import probiou
+from unideploy.core.results import Detections, OrientedBoxes, OrientedDetections
 from unideploy.runtime.tracking.config import TrackerConfig
 from unideploy.runtime.tracking.gmc import SparseFlowGMC, warp_states
 from unideploy.runtime.tracking.kalman import KalmanXYAH, KalmanXYWH
@@ -30,12 +31,13 @@ _REMOVED_KEPT = 1000  # removed identities remembered (a lost track is dropped f
 class Track:
     """One tracked object (or a detection that may become one)."""
 
-    __slots__ = ("cls", "cov", "frame_id", "idx", "is_activated", "mean", "score", "start_frame", "state", "tlwh0",
-                 "track_id")
+    __slots__ = ("angle", "cls", "cov", "frame_id", "idx", "is_activated", "mean", "score", "start_frame", "state",
+                 "tlwh0", "track_id")
 
-    def __init__(self, tlwh: np.ndarray, score: Any, cls: Any, idx: int) -> None:
+    def __init__(self, tlwh: np.ndarray, score: Any, cls: Any, idx: int, angle: float | None = None) -> None:
         self.tlwh0 = tlwh  # float32 (4,): the detection box, used until the filter starts
         self.score, self.cls, self.idx = score, cls, idx
+        self.angle = angle  # rotated boxes: radians, long-edge form (None for axis-aligned boxes)
         self.mean: np.ndarray | None = None
         self.cov: np.ndarray | None = None
         self.track_id = 0
@@ -65,6 +67,7 @@ class ByteTrack:
     def __init__(self, config: TrackerConfig | None = None) -> None:
         self.config = config or TrackerConfig("bytetrack")
         self.kf = self.kalman_class()
+        self.obb = False  # rotated boxes (OrientedDetections): matched on probabilistic IoU, angle carried along
         self.reset()
 
     def reset(self) -> None:
@@ -84,8 +87,25 @@ class ByteTrack:
         tlwh[:, 2:] += tlwh[:, :2]
         return tlwh.astype(np.float32)
 
+    def _geom(self, tracks: list[Track]) -> np.ndarray:
+        """What association compares: xyxy float32 (T, 4), or for rotated boxes xywh + angle float32 (T, 5)."""
+        if not self.obb:
+            return self._xyxy(tracks)
+        if not tracks:
+            return np.zeros((0, 5), np.float32)
+        tlwh = self.kf.to_tlwh(np.array([t.mean for t in tracks]))
+        tlwh[:, :2] += tlwh[:, 2:] / 2
+        return np.concatenate([tlwh, np.array([[t.angle] for t in tracks], np.float64)], 1).astype(np.float32)
+
+    @staticmethod
+    def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``1 - IoU`` (axis-aligned) or ``1 - probiou`` (rotated, as Ultralytics' trackers) of two box sets."""
+        if a.shape[1] == 5:
+            return 1 - probiou(a, b) if len(a) and len(b) else np.ones((len(a), len(b)), np.float32)
+        return iou_cost(a, b)
+
     def _cost(self, track_boxes: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray) -> np.ndarray:
-        cost = iou_cost(track_boxes, det_boxes)
+        cost = self._dist(track_boxes, det_boxes)
         if self.config.fuse_score:
             cost = fuse_score(cost, det_scores)
         return cost
@@ -132,20 +152,25 @@ class ByteTrack:
         """
         cfg = self.config
         self.frame_id += 1
-        xyxy = np.asarray(detections.xyxy, np.float32)
-        xywh = np.empty_like(xyxy)
-        xywh[:, :2] = (xyxy[:, :2] + xyxy[:, 2:]) / 2
-        xywh[:, 2:] = xyxy[:, 2:] - xyxy[:, :2]
-        tlwh = xywh.copy()
-        tlwh[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
+        self.obb = isinstance(detections, OrientedDetections)
+        if self.obb:
+            xywh, tlwh, angles, det_boxes = _rotated(detections)
+        else:
+            xyxy = np.asarray(detections.xyxy, np.float32)
+            xywh = np.empty_like(xyxy)
+            xywh[:, :2] = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+            xywh[:, 2:] = xyxy[:, 2:] - xyxy[:, :2]
+            tlwh = xywh.copy()
+            tlwh[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
+            det_boxes = tlwh.copy()  # the detections' boxes as the trackers see them (left-top + size, in float32)
+            det_boxes[:, 2:] += det_boxes[:, :2]
+            angles = [None] * len(xyxy)
         scores, cls = detections.confidence, detections.class_id
         valid = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
         high = np.flatnonzero(valid & (scores >= cfg.track_high_thresh))
         low = np.flatnonzero(valid & (scores > cfg.track_low_thresh) & (scores < cfg.track_high_thresh))
-        det_boxes = tlwh.copy()  # the detections' boxes as the trackers see them (left-top + size, in float32)
-        det_boxes[:, 2:] += det_boxes[:, :2]
-        dets = [Track(tlwh[i], scores[i], cls[i], int(i)) for i in high]
-        dets_low = [Track(tlwh[i], scores[i], cls[i], int(i)) for i in low]
+        dets = [Track(tlwh[i], scores[i], cls[i], int(i), angles[i]) for i in high]
+        dets_low = [Track(tlwh[i], scores[i], cls[i], int(i), angles[i]) for i in low]
         activated: list[Track] = []
         refound: list[Track] = []
         lost: list[Track] = []
@@ -156,13 +181,15 @@ class ByteTrack:
         pool = _joint([t for t in self.tracked if t.is_activated], self.lost)
         self._predict(pool)
         self._camera_motion(pool + unconfirmed, image)
-        pool_boxes = self._xyxy(pool)
+        pool_boxes = self._geom(pool)
 
         def take(track: Track, det: Track) -> None:
             matched.append((track, det))
             (activated if track.state == TRACKED else refound).append(track)
             track.state, track.is_activated, track.frame_id = TRACKED, True, self.frame_id
             track.score, track.cls, track.idx = det.score, det.cls, det.idx
+            if track.angle is not None:  # the half-turn form nearest the track's angle, so it never flips
+                track.angle = det.angle - np.pi * round((det.angle - track.angle) / np.pi)
 
         # 1: tracked + lost tracks <-> high detections, on score-fused IoU
         pairs, u_track, u_det = linear_assignment(self._cost(pool_boxes, det_boxes[high], scores[high]),
@@ -173,7 +200,7 @@ class ByteTrack:
         rest_at = [i for i in u_track if pool[i].state == TRACKED]
         rest = [pool[i] for i in rest_at]
         if rest and dets_low:
-            pairs, u_rest, _ = linear_assignment(iou_cost(pool_boxes[rest_at], det_boxes[low]), 0.5)
+            pairs, u_rest, _ = linear_assignment(self._dist(pool_boxes[rest_at], det_boxes[low]), 0.5)
             for i, j in pairs:
                 take(rest[i], dets_low[j])
         else:
@@ -185,7 +212,7 @@ class ByteTrack:
         dets = [dets[i] for i in u_det]
         if unconfirmed:
             left = high[u_det]
-            cost = self._cost(self._xyxy(unconfirmed), det_boxes[left], scores[left])
+            cost = self._cost(self._geom(unconfirmed), det_boxes[left], scores[left])
             pairs, u_unc, u_new = linear_assignment(cost, 0.7)
             for i, j in pairs:
                 take(unconfirmed[i], dets[j])
@@ -227,7 +254,7 @@ class ByteTrack:
         """A tracked and a lost track on the same object (IoU > 0.85): keep the one tracked longer."""
         if not a or not b:
             return a, b
-        close = np.argwhere(iou_cost(self._xyxy(a), self._xyxy(b)) < 0.15)
+        close = np.argwhere(self._dist(self._geom(a), self._geom(b)) < 0.15)
         drop_a, drop_b = set(), set()
         for p, q in close:
             if a[p].frame_id - a[p].start_frame > b[q].frame_id - b[q].start_frame:
@@ -239,7 +266,11 @@ class ByteTrack:
     def _output(self, detections: Detections) -> Detections:
         shown = [t for t in self.tracked if t.is_activated]
         out = detections[np.array([t.idx for t in shown], dtype=np.int64)]
-        out.xyxy = self._xyxy(shown)
+        if self.obb:  # the filtered centre and size with the matched detection's angle; xyxy: the corners' bounds
+            out.obb = OrientedBoxes(self._geom(shown))  # type: ignore[attr-defined]
+            out.xyxy = out.obb.xyxy.astype(np.float32)  # type: ignore[attr-defined]
+        else:
+            out.xyxy = self._xyxy(shown)
         out.tracker_id = np.array([t.track_id for t in shown], dtype=np.int64)
         return out
 
@@ -278,6 +309,20 @@ class BotSort(ByteTrack):
             mean, cov = warp_states(np.array([t.mean for t in tracks]), np.array([t.cov for t in tracks]), warp)
             for t, m, c in zip(tracks, mean, cov):
                 t.mean, t.cov = m, c
+
+
+def _rotated(detections: OrientedDetections) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
+    """Rotated detections as the trackers see them: (xywh as given, for the validity check; the left-top + size
+    boxes float32 in long-edge form (w >= h, a quarter turn added where w and h were swapped); their angles, float64;
+    xywh + angle float32 for matching)."""
+    given = np.asarray(detections.obb.xywhr, np.float32)  # type: ignore[union-attr]
+    r = given.astype(np.float64)
+    swap = r[:, 2] < r[:, 3]
+    r[swap] = r[swap][:, [0, 1, 3, 2, 4]] + np.array([0, 0, 0, 0, np.pi / 2])
+    tl = (r[:, :2] - r[:, 2:4] / 2).astype(np.float32)  # left-top in float32, as the box is stored
+    wh = r[:, 2:4].astype(np.float32)
+    geom = np.concatenate([tl + wh / 2, wh, r[:, 4:5].astype(np.float32)], 1)
+    return given[:, :4], np.concatenate([tl, wh], 1), [float(a) for a in r[:, 4]], geom
 
 
 def _joint(a: list[Track], b: list[Track]) -> list[Track]:

@@ -7,7 +7,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from unideploy.core.errors import InputError
-from unideploy.core.results import Detections
+from unideploy.core.ops.boxes import clip_boxes
+from unideploy.core.results import Detections, OrientedDetections
 from unideploy.core.sources import Outcome
 from unideploy.runtime.tracking.byte_tracker import make_tracker
 from unideploy.runtime.tracking.config import TrackerConfig, tracker_config
@@ -51,6 +52,10 @@ def _tracked(gen: Iterator[Outcome], trk: Any, keep_images: bool) -> Iterator[Ou
         for out in gen:
             if out.ok and isinstance(out.result, Detections):
                 out.result = trk.update(out.result, out.image)
+                if out.result.image_shape is not None and not isinstance(out.result, OrientedDetections):
+                    # Kalman boxes may leave the frame: clipped, as Ultralytics' Results clip them (rotated boxes
+                    # are not clipped there either); the tracker hands out a fresh array each frame
+                    clip_boxes(out.result.xyxy, out.result.image_shape)
                 if not keep_images:
                     out.image = None
             yield out

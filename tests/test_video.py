@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -236,3 +237,22 @@ def test_one_predictor_four_threads_equals_sequential(yolo_models, image_dir, ba
                 np.testing.assert_array_equal(d.xyxy, ref[i].xyxy, err_msg=f"thread {k} image {files[i].name}")
                 np.testing.assert_array_equal(d.confidence, ref[i].confidence)
                 np.testing.assert_array_equal(d.class_id, ref[i].class_id)
+
+
+def test_video_summary_times_decoding(tmp_path):
+    """A video's frames are decoded by the reader, not per item: the summary's decode time is the reader's
+    (it said 0.0 ms before), per decoded frame."""
+    demo = Path(unideploy.__file__).parent / "assets/demo/shapes_yolov8.onnx"
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        writer.write(scene(rng, 480, 640))
+    writer.release()
+    s = unideploy.predict(demo, clip, vid_stride=2)
+    assert s.video.decoded == 12 and s.images == 6
+    assert s.times["decode"] > 0 and s.times["decode"] == pytest.approx(s.video.decode_seconds / 12)
+    t0 = time.perf_counter()
+    assert len(read_frames(clip)) == 12
+    alone = (time.perf_counter() - t0) / 12  # OpenCV alone, for scale
+    assert alone / 20 < s.times["decode"] < alone * 20 + 0.05

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None, help="runtime: onnxruntime, openvino, ... (default: by file type)")
     p.add_argument("--device", default=None, help="device, e.g. cpu, cuda:0, CPU, GPU")
     p.add_argument("--threads", type=threads, default=None, help="runtime threads (default: the runtime's choice)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was interrupted (or hit a full disk) with the same flags: skip the samples "
+                        "it finished; the outputs end up as an uninterrupted run's")
     p.set_defaults(func=run)
 
 
@@ -45,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
         output_dirname=args.output_dirname,
         backend=args.backend,
         device=args.device,
+        resume=args.resume,
         **opts,
     )
+    resumed = f" (after {rep.resumed} done by the interrupted run)" if rep.resumed else ""
     print(
-        f"{len(rep.stems)} sample(s) in {rep.batches} batch(es), {rep.mean_ms:.2f} ms per batch; outputs in "
+        f"{len(rep.stems)} sample(s){resumed} in {rep.batches} batch(es), {rep.mean_ms:.2f} ms per batch; outputs in "
         f"{rep.output_dir}",
         file=sys.stderr,
     )

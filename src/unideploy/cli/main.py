@@ -1,4 +1,9 @@
-"""``unideploy`` entry point: parses, dispatches to a subcommand, maps UnideployError to one line + exit 1."""
+"""``unideploy`` entry point: parses, dispatches to a subcommand, maps UnideployError to one line + exit 1.
+
+SIGINT (Ctrl-C) and SIGTERM stop a subcommand cleanly (:mod:`unideploy.core.interrupts`): the command's outputs are
+left complete or absent, its threads and runtimes are released, and one line says how many items were done; the
+exit status is 130 for SIGINT and 143 for SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -113,17 +118,24 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     from unideploy.core.errors import UnideployError
+    from unideploy.core.interrupts import exit_status, handle_signals, interrupted_line
 
     try:
-        return int(args.func(args) or 0)
-    except UnideployError as e:
+        with handle_signals():
+            try:
+                return int(args.func(args) or 0)
+            except UnideployError as e:
+                if args.debug:
+                    raise
+                progress = getattr(e, "progress", None)
+                done = f"; {progress.describe()}" if progress is not None and progress.done else ""
+                print(_red(f"error: {as_flag(e)}{done}"), file=sys.stderr)
+                return 1
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print(_red(f"error: {as_flag(e)}"), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(_red("interrupted"), file=sys.stderr)
-        return 130
+        print(_red(interrupted_line(e)), file=sys.stderr)
+        return exit_status(e)
 
 
 if __name__ == "__main__":

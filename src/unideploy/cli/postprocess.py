@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-json", metavar="FILE", default=None, help="write COCO results JSON")
     p.add_argument("--save-txt", metavar="DIR", default=None, help="write YOLO txt labels (with confidence)")
     p.add_argument("--save-img", metavar="DIR", default=None, help="write annotated images (sources must be readable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was interrupted (or hit a full disk) with the same flags: skip the images "
+                        "it finished; the outputs end up as an uninterrupted run's")
     p.set_defaults(func=run)
 
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         save_json=args.save_json,
         save_txt=args.save_txt,
         save_img=args.save_img,
+        resume=args.resume,
         conf=args.conf,
         iou=args.iou,
         max_det=args.max_det,
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     n = sum(len(r) for _, r in res)
-    print(f"{len(res)} image(s), {n} result(s)", file=sys.stderr)
+    print(f"{len(res)} image(s), {n} result(s)" + (" (the rest done by the interrupted run)" if args.resume else ""),
+          file=sys.stderr)
     for path in (args.save_json, args.save_txt, args.save_img):
         if path:
             print(f"saved {path}", file=sys.stderr)

@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="npy", choices=["npy", "bin"], help="npy (with header) or bin (raw bytes)")
     p.add_argument("--manifest", default=None, metavar="FILE", help="manifest path (default DIR/manifest.json)")
     p.add_argument("--vid-stride", type=positive_int, default=1, help="use every N-th video frame")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was interrupted (or hit a full disk) with the same flags: skip the images "
+                        "it finished; the outputs end up as an uninterrupted run's")
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         fmt=args.format,
         manifest=args.manifest,
         vid_stride=args.vid_stride,
+        resume=args.resume,
         **predictor_kwargs(args),
     )
     doc = read_manifest(path)

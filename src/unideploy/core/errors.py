@@ -15,6 +15,7 @@ Bugs are not user errors and are left to raise as they are::
     │   ├── SpecError           a model spec that is incomplete or contradicts the model
     │   └── UnsafeModelError    a model that would make the runtime read or run what it should not
     ├── AccuracyDropError       a quantized model loses more accuracy than allowed
+    ├── OutputError             an output that could not be written (disk full, no permission, file too large)
     └── BackendError            a runtime failed or was misused
         ├── BackendUnavailableError   the runtime is not installed (names the pip extra)
         └── DeviceError               the device / provider asked for does not exist here
@@ -25,7 +26,7 @@ from __future__ import annotations
 __all__ = [
     "UnideployError", "InputError", "OptionError", "SourceError", "ImageDecodeError", "GraphError", "PipelineError",
     "RequestError", "ModelError", "SpecError", "UnsafeModelError", "AccuracyDropError", "BackendError",
-    "BackendUnavailableError", "DeviceError",
+    "BackendUnavailableError", "DeviceError", "OutputError",
 ]
 
 
@@ -97,6 +98,18 @@ class UnsafeModelError(ModelError):
 
 class AccuracyDropError(UnideployError):
     """The quantized model loses more accuracy than ``max_drop`` allows (and no model was kept)."""
+
+
+class OutputError(UnideployError, OSError):
+    """An output file or folder that could not be written: the message names the path and the cause
+    (``No space left on device``, ``Permission denied``, ``File too large``); ``errno`` is the system's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class BackendError(UnideployError):

@@ -7,7 +7,15 @@ stream kept it) and ``close()`` once at the end; each is a context manager. The 
 
 Every file is written atomically (temporary file in the same folder, then ``os.replace``), so an
 interrupted run never leaves a half-written file and never clobbers a good one with a bad one. The JSON-lines
-file is the exception on purpose: it grows line by line so that a live stream can be tailed.
+file is the exception on purpose: it grows line by line so that a live stream can be tailed; a run that stops
+(interrupt, full disk) cuts it back to its last complete line. A write that fails (no space left, no
+permission, file too large) raises :class:`~unideploy.core.errors.OutputError` naming the path and the cause.
+
+A run that stops early calls ``abort()`` instead of ``close()`` (``Sinks.abort``): the COCO JSON and the video are
+then not written under their final names (absent, not partial), per-image files already written are complete,
+and the JSON-lines file covers exactly the items done. ``checkpoint(upto)`` / ``restore(state, upto)`` carry what an
+aggregate sink held for the items before source index ``upto`` into a resumed run
+(:mod:`unideploy.core.checkpoint`).
 
 Example:
     >>> with Sinks.from_paths(save_json="preds.json", save_txt="labels/") as sinks:  # doctest: +SKIP
@@ -17,67 +25,27 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
-from unideploy.core.results import Classifications, Detections, OrientedDetections
-from unideploy.core.task_io import draw_task, task_coco_fields, task_txt_lines
+from unideploy.core.atomic import (atomic_write_bytes, atomic_write_json, atomic_write_text, make_dirs,
+                                   output_error)
+from unideploy.core.drawing import draw_classification, draw_detections, draw_result, write_image
+from unideploy.core.errors import InputError, OutputError
+from unideploy.core.results import Classifications, Detections
+from unideploy.core.task_io import task_coco_fields, task_txt_lines
 
 __all__ = [
     "Sink", "BaseSink", "Sinks", "CocoJsonSink", "YoloTxtSink", "ImageSink", "VideoSink", "JsonLinesSink",
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "coco_records", "classification_records",
-    "yolo_txt", "draw_detections", "draw_classification", "draw_result", "write_image",
+    "yolo_txt", "draw_detections", "draw_classification", "draw_result", "write_image", "output_error", "make_dirs",
 ]
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore at once
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (creating parent folders), with the mode the umask gives an ordinary
-    new file (0644 under umask 022), not the temporary file's private 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # POSIX
-                os.fchmod(f.fileno(), 0o666 & ~_umask())
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def coco_records(det: Detections, image_id: int, file_name: str) -> list[dict]:
@@ -101,17 +69,6 @@ def classification_records(res: Classifications, image_id: int, file_name: str) 
             for c, p, n in zip(res.class_id, res.confidence, res.class_names)]
 
 
-def draw_classification(img: np.ndarray, res: Classifications, k: int = 3) -> np.ndarray:
-    """A copy of ``img`` with the top-``k`` classes written in the top-left corner."""
-    out = img.copy()
-    fs = max(0.4, min(out.shape[:2]) / 600)
-    for i, (p, n) in enumerate(zip(res.confidence[:k], res.class_names[:k])):
-        y = int((i + 1) * 28 * fs) + 4
-        cv2.putText(out, f"{n} {p:.2f}", (6, y), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, f"{n} {p:.2f}", (6, y), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
 def yolo_txt(det: Detections, with_conf: bool = True) -> str:
     """YOLO label text: ``class cx cy w h [conf]`` normalised to the image size, one box per line."""
     if det.image_shape is None:
@@ -126,44 +83,6 @@ def yolo_txt(det: Detections, with_conf: bool = True) -> str:
         line = f"{int(c)} " + " ".join(f"{v:.6f}" for v in vals)
         lines.append(line + (f" {s:.5f}" if with_conf else ""))
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def _colour(k: int) -> tuple[int, int, int]:
-    rng = np.random.default_rng(k * 7919 + 17)
-    return tuple(int(v) for v in rng.integers(60, 255, 3))  # type: ignore[return-value]
-
-
-def draw_detections(img: np.ndarray, det: Detections) -> np.ndarray:
-    """A copy of ``img`` (BGR) with boxes, class names and scores drawn."""
-    out = draw_task(img.copy(), det, _colour)  # masks, keypoints, rotated boxes
-    lw = max(1, round(sum(out.shape[:2]) / 2 * 0.003))
-    for (x1, y1, x2, y2), s, c, name in zip(det.xyxy, det.confidence, det.class_id, det.class_names):
-        col = _colour(int(c))
-        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
-        if not isinstance(det, OrientedDetections):
-            cv2.rectangle(out, p1, p2, col, lw, cv2.LINE_AA)
-        label = f"{name} {s:.2f}"
-        fs = max(lw / 3, 0.4)
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, max(lw - 1, 1))
-        y = p1[1] - th - 3 if p1[1] - th - 3 >= 0 else p1[1] + th + 3
-        cv2.rectangle(out, (p1[0], y), (p1[0] + tw, y + th + 3) if y > p1[1] else (p1[0] + tw, p1[1]), col, -1)
-        cv2.putText(out, label, (p1[0], (y + th + 1) if y > p1[1] else p1[1] - 2), cv2.FONT_HERSHEY_SIMPLEX, fs,
-                    (255, 255, 255), max(lw - 1, 1), cv2.LINE_AA)
-    return out
-
-
-def draw_result(img: np.ndarray, result: Detections | Classifications) -> np.ndarray:
-    """A copy of ``img`` with ``result`` drawn: boxes for detections, the top classes for a classification."""
-    return draw_classification(img, result) if isinstance(result, Classifications) else draw_detections(img, result)
-
-
-def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Encode ``img`` by the path's suffix and write it atomically."""
-    path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".jpg", img)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode an image as {path.suffix}")
-    atomic_write_bytes(path, buf.tobytes())
 
 
 # -- the sink protocol --------------------------------------------------------------------------------------------
@@ -195,6 +114,10 @@ class BaseSink:
 
     def close(self) -> None:
         """Nothing to finish by default."""
+
+    def abort(self) -> None:
+        """The run stopped early: release what is open, write nothing more (by default: ``close``)."""
+        self.close()
 
     def __enter__(self) -> BaseSink:
         return self
@@ -228,14 +151,25 @@ class CocoJsonSink(BaseSink):
         """Write the JSON (a list of records; empty when nothing was detected)."""
         atomic_write_json(self.path, self.records)
 
+    def abort(self) -> None:
+        """The run stopped early: the JSON is not written (absent rather than partial; a checkpoint keeps the
+        records for a resumed run)."""
+
+    def checkpoint(self, upto: int) -> dict[str, Any]:
+        """The records of the items before source index ``upto`` (the JSON's ``image_id`` is the index + 1)."""
+        return {"records": [r for r in self.records if r["image_id"] <= upto]}
+
+    def restore(self, state: dict[str, Any], upto: int) -> None:
+        """Start from a checkpoint's records (a resumed run adds the items from ``upto`` on)."""
+        self.records = [r for r in state["records"] if r["image_id"] <= upto]
+
 
 class YoloTxtSink(BaseSink):
     """One YOLO label file per image in a folder: ``class cx cy w h conf`` lines (normalised), or ``class score``
     lines for a classification. The folder is created at once."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = make_dirs(folder)
 
     def add(self, outcome: Any) -> None:
         """Write ``<stem>.txt`` of one successful outcome (atomically)."""
@@ -255,8 +189,7 @@ class ImageSink(BaseSink):
     wants_image = True
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = make_dirs(folder)
 
     def add(self, outcome: Any) -> None:
         """Draw and write one successful outcome whose image was kept."""
@@ -308,13 +241,38 @@ class Sinks(BaseSink):
         if error is not None:
             raise error
 
+    def abort(self) -> None:
+        """The run stopped early: ``abort()`` each sink that has it (``close()`` the others). Their own failures
+        are dropped: the error or interrupt that stopped the run is the one to report."""
+        for s in self.sinks:
+            try:
+                (getattr(s, "abort", None) or s.close)()
+            except Exception:  # noqa: BLE001,S110 - see the docstring
+                pass
+
+    def checkpoint(self, upto: int) -> list[dict[str, Any]]:
+        """The state of each sink that keeps one (COCO JSON, JSON lines) for the items before source index
+        ``upto``, in order; sinks without ``checkpoint`` / ``restore`` (per-image files, callers' own) have none."""
+        return [s.checkpoint(upto) for s in self.sinks if hasattr(s, "checkpoint")]
+
+    def restore(self, states: list[dict[str, Any]], upto: int) -> None:
+        """Hand each sink that keeps a state its state from :meth:`checkpoint` (a resumed run)."""
+        keeping = [s for s in self.sinks if hasattr(s, "restore")]
+        if len(states) != len(keeping):
+            raise InputError(f"a checkpoint of {len(states)} aggregate output(s) cannot resume a run of "
+                             f"{len(keeping)}; rerun without resume")
+        for s, state in zip(keeping, states):
+            s.restore(state, upto)
+
 
 class VideoSink(BaseSink):
     """Annotated frames -> one video file (``.mp4`` as mp4v, ``.avi`` as MJPG), written atomically on close.
 
     The writer opens on the first frame (its size fixes the video's); later frames of another size are resized.
     ``fps`` None means the source's frame rate divided by the frame stride, which :func:`unideploy.predict` sets
-    before the first frame (25 when nothing sets it).
+    before the first frame (25 when nothing sets it). On close the finished file is checked (it must open and
+    declare every frame written: OpenCV's writer does not report a full disk) before it is moved into place;
+    ``abort`` deletes the unfinished file.
 
     Example:
         >>> sink = VideoSink("out.mp4", fps=25)  # doctest: +SKIP
@@ -328,8 +286,6 @@ class VideoSink(BaseSink):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in self.FOURCC:
-            from unideploy.core.errors import InputError
-
             raise InputError(f"{self.path}: expected a video file name ending in {', '.join(self.FOURCC)}, "
                              f"got {self.path.suffix or 'no suffix'!r}")
         self.fps = None if fps is None else float(fps)
@@ -346,24 +302,59 @@ class VideoSink(BaseSink):
     def write(self, frame: np.ndarray) -> None:
         """Append one BGR frame."""
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
             h, w = frame.shape[:2]
             self._size = (w, h)
             fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps or 25.0, self._size)
             if not self._writer.isOpened():
-                raise OSError(f"OpenCV could not open a video writer for {self.path}")
+                self._writer = None
+                self._remove_tmp()
+                raise OutputError(f"{self.path}: could not write it: OpenCV could not open a video writer there")
         if (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_LINEAR)
         self._writer.write(np.ascontiguousarray(frame))
         self.frames += 1
 
+    def _remove_tmp(self) -> None:
+        try:
+            self._tmp.unlink()
+        except OSError:
+            pass
+
     def close(self) -> None:
-        """Finish the file and move it into place (nothing is written when no frame came)."""
+        """Finish the file, check it and move it into place (nothing is written when no frame came).
+
+        Raises:
+            OutputError: the finished file does not open or holds fewer frames than were written (a full disk
+                or a size limit); it is deleted, and an earlier file at the path is left as it was.
+        """
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        cap = cv2.VideoCapture(str(self._tmp))
+        try:
+            found = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+        finally:
+            cap.release()
+        if found != self.frames:
+            self._remove_tmp()
+            got = "does not open" if found < 0 else f"holds {found}"
+            raise OutputError(f"{self.path}: could not write it: {self.frames} frame(s) written, the finished file "
+                              f"{got} (disk full or a file size limit?)")
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self._remove_tmp()
+            raise output_error(self.path, e) from None
+
+    def abort(self) -> None:
+        """The run stopped early: release the writer and delete the unfinished file (no partial video)."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-            os.replace(self._tmp, self.path)
+        self._remove_tmp()
 
 
 class JsonLinesSink(BaseSink):
@@ -371,7 +362,10 @@ class JsonLinesSink(BaseSink):
 
     Lines: ``{"index", "name", "frame", "image_shape", "detections": [...]}``, ``{"index", "name", "classes": [...]}``
     or ``{"index", "name", "error"}``. Unlike the other sinks this file grows while the run goes on (not atomic),
-    which is what a stream needs.
+    which is what a stream needs; it is opened (emptied) at the first line, or at ``close`` when none came, so
+    that a run failing before its first item leaves an earlier file alone. A write that fails cuts the file back to its last
+    complete line before the error is raised, and ``abort`` cuts it back to the items done (the last
+    :meth:`checkpoint`), so every line in it is always whole.
 
     Example:
         >>> with JsonLinesSink("frames.jsonl") as sink:  # doctest: +SKIP
@@ -379,11 +373,24 @@ class JsonLinesSink(BaseSink):
         ...         sink.add(outcome)
     """
 
+    #: (lines, byte offset) marks kept for checkpoints: an interrupt lands at most an item or two past the end
+    MARKS_KEPT = 8
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        make_dirs(self.path.parent)
+        self._f: Any = None
         self.lines = 0
+        self._end = 0  # bytes of whole lines
+        self._marks: collections.deque[tuple[int, int]] = collections.deque([(0, 0)], maxlen=self.MARKS_KEPT)
+        self._cut: int | None = None
+        self._fresh = True  # opened at the first write or close ("wb"), or by restore() ("r+b")
+
+    def _open(self, mode: str) -> None:
+        try:
+            self._f = open(self.path, mode + "b")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise output_error(self.path, e) from None
 
     def add(self, outcome: Any) -> None:
         """Write one outcome as a line: its result, or its error."""
@@ -401,12 +408,91 @@ class JsonLinesSink(BaseSink):
         self.write(rec)
 
     def write(self, record: dict) -> None:
-        """Append one JSON-serialisable record as a line (flushed)."""
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        """Append one JSON-serialisable record as a line (flushed).
+
+        Raises:
+            OutputError: the line could not be written; the file is cut back to its last whole line.
+        """
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            self._start()
+            self._f.write(data)
+            self._f.flush()
+        except OSError as e:
+            self._truncate(self._end)
+            raise output_error(self.path, e) from None
+        self._end += len(data)
         self.lines += 1
+        self._marks.append((self.lines, self._end))
+
+    def _start(self) -> None:
+        """A fresh run: create the file, emptying one an earlier run left (once, at the first write or close)."""
+        if self._fresh:
+            self._fresh = False
+            self._open("w")
+
+    def _truncate(self, size: int) -> None:
+        """Drop unflushed bytes and cut the file to ``size`` bytes; then close it."""
+        f, self._f = self._f, None
+        if f is None or f.closed:
+            return
+        try:
+            os.ftruncate(f.fileno(), size)
+        except OSError:
+            pass
+        try:
+            f.close()
+        except OSError:  # buffered bytes that cannot be flushed (a full disk): cut again below
+            pass
+        try:
+            if self.path.stat().st_size > size:
+                os.truncate(self.path, size)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Close the file."""
-        if not self._f.closed:
+        try:
+            self._start()
+            if self._f is None or self._f.closed:
+                return
             self._f.close()
+        except OSError as e:
+            self._truncate(self._end)
+            raise output_error(self.path, e) from None
+
+    def checkpoint(self, upto: int) -> dict[str, Any]:
+        """The file's length in lines and bytes once it covers the items before ``upto`` (one line per item;
+        a line written past them is cut by :meth:`abort`)."""
+        lines, end = next(((n, e) for n, e in reversed(self._marks) if n <= upto), self._marks[0])
+        self._cut = end
+        return {"lines": lines, "bytes": end}
+
+    def restore(self, state: dict[str, Any], upto: int) -> None:
+        """Continue the file of an interrupted run: cut it to the checkpoint's length, append from there.
+
+        Raises:
+            InputError: the file is shorter than the checkpoint says, or its line count differs (changed since).
+        """
+        lines, size = int(state["lines"]), int(state["bytes"])
+        if self._f is not None and not self._f.closed:
+            self._f.close()
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(size)
+        except OSError:
+            head = b""
+        if len(head) != size or head.count(b"\n") != lines:
+            raise InputError(f"{self.path}: expected the {lines} line(s) of the interrupted run to resume, the file "
+                             "holds something else; rerun without --resume to start again")
+        self._open("r+")
+        self._fresh = False
+        self._f.truncate(size)
+        self._f.seek(size)
+        self.lines, self._end = lines, size
+        self._marks.clear()
+        self._marks.append((lines, size))
+
+    def abort(self) -> None:
+        """The run stopped early: cut the file to the items done (the last checkpoint, else its whole lines)."""
+        self._truncate(self._end if self._cut is None else self._cut)

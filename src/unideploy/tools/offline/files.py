@@ -9,12 +9,14 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from unideploy.core.atomic import atomic_write_bytes
 from unideploy.core.errors import InputError
 
 __all__ = [
@@ -56,6 +58,10 @@ def save_tensor(path: str | os.PathLike, arr: np.ndarray) -> None:
 
     ``.txt`` holds the values as rows of the last axis (``np.savetxt`` of the array reshaped to 2-D).
 
+    Raises:
+        OutputError: the file could not be written (full disk, no permission, too large); nothing is left under
+            its name or as a temporary file.
+
     Example:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "x.bin"); save_tensor(p, np.zeros((1, 3), np.float32))
@@ -63,21 +69,19 @@ def save_tensor(path: str | os.PathLike, arr: np.ndarray) -> None:
         12
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.ascontiguousarray(arr)
     suffix = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.tmp")
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    elif suffix == ".bin":
-        arr.tofile(tmp)
-    elif suffix == ".txt":
-        two_d = arr.reshape(-1, arr.shape[-1]) if arr.ndim >= 2 else arr.reshape(1, -1)
-        np.savetxt(tmp, two_d, fmt="%.9g" if arr.dtype.kind == "f" else "%d")
-    else:
+    if suffix not in (".npy", ".bin", ".txt"):
         raise InputError(f"{path}: expected a .npy, .bin or .txt file name, got suffix {path.suffix!r}")
-    os.replace(tmp, path)
+    arr = np.ascontiguousarray(arr)
+    buf = io.BytesIO()  # encoded in memory, written atomically: numpy's own writers lose the cause of a short write
+    if suffix == ".npy":
+        np.save(buf, arr)
+    elif suffix == ".bin":
+        buf.write(arr.tobytes())
+    else:
+        two_d = arr.reshape(-1, arr.shape[-1]) if arr.ndim >= 2 else arr.reshape(1, -1)
+        np.savetxt(buf, two_d, fmt="%.9g" if arr.dtype.kind == "f" else "%d")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_tensor(path: str | os.PathLike, dtype: Any = None, shape: Sequence[int] | None = None) -> np.ndarray:

@@ -16,8 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from unideploy.core.atomic import atomic_write_json, make_dirs
+from unideploy.core.checkpoint import CHECKPOINT_SUFFIX, Checkpoint, checkpoint_beside, file_key, names_digest
 from unideploy.core.errors import InputError
-from unideploy.core.sinks import atomic_write_json
+from unideploy.core.interrupts import Progress, note_progress
 from unideploy.tools.offline.files import (MANIFEST_NAME, OUT_FORMATS, OUTPUTS_NAME, check_format, load_tensor,
                                            save_tensor, tensor_files)
 
@@ -26,12 +28,14 @@ __all__ = ["InferReport", "infer"]
 
 @dataclass
 class InferReport:
-    """What :func:`infer` did: the output folder, files written, and per-batch runtime seconds."""
+    """What :func:`infer` did: the output folder, files written, and per-batch runtime seconds (the runtime's
+    times are reported here, not in ``outputs.json``, so that the same inputs give the same files)."""
 
     output_dir: Path
     stems: list[str] = field(default_factory=list)
     batches: int = 0
     seconds: list[float] = field(default_factory=list)
+    resumed: int = 0  # samples an earlier, interrupted run had done (resume=True); not in ``stems``
 
     @property
     def mean_ms(self) -> float:
@@ -68,6 +72,7 @@ def infer(
     output_dirname: str | None = None,
     backend: str | None = None,
     device: str | None = None,
+    resume: bool = False,
     **backend_options: Any,
 ) -> InferReport:
     """Run a model on folders of tensor files, one folder per model input, writing one file per output.
@@ -84,6 +89,11 @@ def infer(
         batchsize: samples per run (default: the model's fixed batch, or 1).
         output_dirname: subfolder name (default: the current date-time, ``YYYY_MM_DD-HH_MM_SS``).
         backend, device, **backend_options: as for :func:`unideploy.load`.
+        resume: continue a run that stopped early (interrupted, disk full) from the checkpoint it left in its
+            output subfolder (``.outputs.json.resume.json``; without ``output_dirname``, the newest subfolder of
+            ``output`` holding one): the samples it finished are skipped and the output files and
+            ``outputs.json`` end up as an uninterrupted run's. A run that stops early writes no ``outputs.json``;
+            its output files are complete (whole batches).
 
     Returns:
         An :class:`InferReport` with the output folder.
@@ -120,27 +130,42 @@ def infer(
                 f"model input '{session.inputs[0].name}' has a fixed batch of {fixed}; --batchsize {bs} given"
             )
         raw_shapes = [_sample_shape(d, i, opened.spec.imgsz) for d, i in zip(dirs, session.inputs)]
-        out_dir = Path(output) / _output_subdir(output_dirname)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(output) / (_output_subdir(output_dirname) if output_dirname or not resume
+                                  else _resumable_subdir(Path(output)))
+        key = {"run": "infer", "model": file_key(path), "inputs": [str(d.resolve()) for d in dirs],
+               "stems": names_digest(stems), "outfmt": outfmt, "batchsize": bs, "backend": session.backend,
+               "device": str(session.device), "options": {k: v for k, v in backend_options.items() if k != "threads"}}
+        ckpt = Checkpoint(checkpoint_beside(out_dir / OUTPUTS_NAME), key)
+        state = ckpt.load() if resume else ckpt.discard()
+        make_dirs(out_dir)
         report = InferReport(out_dir)
-        files: dict[str, list[dict[str, Any]]] = {}
-        for start in range(0, len(stems), bs):
-            chunk = stems[start : start + bs]
-            samples = [_read_sample(s, tables, session.inputs, raw_shapes) for s in chunk]
-            feeds = {}
-            for k, info in enumerate(session.inputs):
-                x = np.concatenate([s[k] for s in samples])
-                if fixed and len(x) < fixed:
-                    x = np.concatenate([x, np.zeros((fixed - len(x), *x.shape[1:]), x.dtype)])
-                feeds[info.name] = x
-            t0 = time.perf_counter()
-            outs = session.run(feeds)
-            report.seconds.append(time.perf_counter() - t0)
-            report.batches += 1
-            n_run = len(next(iter(feeds.values())))
-            for j, stem in enumerate(chunk):
-                files[stem] = _save_outputs(out_dir, stem, outs, j, n_run, outfmt)
-                report.stems.append(stem)
+        files: dict[str, list[dict[str, Any]]] = dict(state["files"]) if state else {}
+        done = len(files)  # whole batches: a resumed run batches the rest as the uninterrupted run would
+        try:
+            for start in range(done, len(stems), bs):
+                chunk = stems[start : start + bs]
+                samples = [_read_sample(s, tables, session.inputs, raw_shapes) for s in chunk]
+                feeds = {}
+                for k, info in enumerate(session.inputs):
+                    x = np.concatenate([s[k] for s in samples])
+                    if fixed and len(x) < fixed:
+                        x = np.concatenate([x, np.zeros((fixed - len(x), *x.shape[1:]), x.dtype)])
+                    feeds[info.name] = x
+                t0 = time.perf_counter()
+                outs = session.run(feeds)
+                report.seconds.append(time.perf_counter() - t0)
+                report.batches += 1
+                n_run = len(next(iter(feeds.values())))
+                entries = {stem: _save_outputs(out_dir, stem, outs, j, n_run, outfmt) for j, stem in enumerate(chunk)}
+                files.update(entries)
+                report.stems.extend(chunk)
+                done = start + len(chunk)
+        except BaseException as e:
+            kept = {s: files[s] for s in stems[:done]}
+            saved = bool(done) and ckpt.save({"files": kept})
+            note_progress(e, Progress(done, len(stems), "sample", resumable=saved))
+            raise
+        report.resumed = len(stems) - len(report.stems)
         atomic_write_json(
             out_dir / OUTPUTS_NAME,
             {
@@ -153,10 +178,16 @@ def infer(
                     {"name": o.name, "shape": list(o.shape), "dtype": np.dtype(o.dtype).name} for o in session.outputs
                 ],
                 "files": files,
-                "mean_batch_ms": report.mean_ms,
             },
         )
+        ckpt.discard()
     return report
+
+
+def _resumable_subdir(output: Path) -> Path:
+    """The newest subfolder of ``output`` that holds an infer checkpoint (a new date-time folder when none does)."""
+    found = sorted(output.glob(f"*/.{OUTPUTS_NAME}{CHECKPOINT_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns)
+    return Path(found[-1].parent.name) if found else _output_subdir(None)
 
 
 def _matched_stems(dirs: list[Path], tables: list[dict[str, Path]]) -> list[str]:

@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from unideploy.core.atomic import atomic_write_json, make_dirs
+from unideploy.core.checkpoint import Checkpoint, checkpoint_beside, file_key, names_digest
 from unideploy.core.errors import InputError, SourceError, UnideployError
-from unideploy.core.sinks import atomic_write_json
+from unideploy.core.interrupts import Progress, note_progress
 from unideploy.core.sources import Source
 from unideploy.tools.offline.files import FORMATS, MANIFEST_NAME, MANIFEST_VERSION, check_format, save_tensor, stem_for
 
@@ -25,6 +27,7 @@ def preprocess(
     fmt: str = "npy",
     manifest: str | os.PathLike | None = None,
     vid_stride: int = 1,
+    resume: bool = False,
     **predictor_kwargs: Any,
 ) -> Path:
     """Preprocess every image of ``source`` for ``model`` into tensor files plus a manifest.
@@ -39,6 +42,10 @@ def preprocess(
         fmt: ``"npy"`` (self-describing) or ``"bin"`` (raw bytes, ais_bench style).
         manifest: manifest path (default ``out/manifest.json``).
         vid_stride: every N-th frame of a video.
+        resume: continue a run that stopped early (interrupted, disk full) from the checkpoint it left beside
+            the manifest (``.manifest.json.resume.json``): the images it finished are skipped, and the tensor files
+            and manifest end up as an uninterrupted run's. A run that stops early writes no manifest; its tensor
+            files are complete.
         **predictor_kwargs: backend, device, imgsz, family, ... as for :func:`unideploy.load`.
 
     Returns:
@@ -58,35 +65,30 @@ def preprocess(
     items: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     used: set[str] = set()
+    mpath = Path(manifest) if manifest else out / MANIFEST_NAME
+    key = _resume_key(model, src, fmt, predictor_kwargs)
+    ckpt = Checkpoint(checkpoint_beside(mpath), key) if key is not None else None
+    if resume and ckpt is None:
+        raise InputError("resume needs a source of files (not arrays)")
+    state = (ckpt.load() if resume else ckpt.discard()) if ckpt is not None else None
+    if state:
+        src.start, items, skipped = int(state["position"]), list(state["items"]), list(state["skipped"])
+        used = {it["stem"] for it in items}
+    # (next source index, items, skipped) of the work done, set in one step so an interrupt sees a consistent one
+    mark = (src.start, len(items), len(skipped))
     # the tensor files are the model's own float input: the infer stage opens the file as it is
     with load(model, **{"in_model_preprocess": False, **predictor_kwargs}) as pred:
         inp = pred.session.inputs[0]
-        out.mkdir(parents=True, exist_ok=True)
-        for item in src:
-            try:
-                img = item.load()
-                x, info = pred.preprocess(img)
-            except UnideployError as e:
-                skipped.append({"source": str(item.path or item.name), "error": str(e)})
-                continue
-            x = x[None]
-            stem = stem_for(item.name, used)
-            fname = f"{stem}.{fmt}"
-            save_tensor(out / fname, x)
-            items.append(
-                {
-                    "file": fname,
-                    "stem": stem,
-                    "name": item.name,
-                    "source": str(item.path) if item.path is not None else item.name,
-                    "frame": item.frame,
-                    "index": item.index,
-                    "orig_shape": list(info.orig_shape),
-                    "letterbox": info.to_dict(),
-                    "dtype": x.dtype.name,
-                    "shape": list(x.shape),
-                }
-            )
+        make_dirs(out)
+        try:
+            for item in src:
+                _one(pred, item, out, fmt, used, items, skipped)
+                mark = (item.index + 1, len(items), len(skipped))
+        except BaseException as e:
+            saved = bool(mark[0]) and ckpt is not None and ckpt.save(
+                {"position": mark[0], "items": items[: mark[1]], "skipped": skipped[: mark[2]]})
+            note_progress(e, Progress(mark[0], len(src) or None, "image", resumable=saved))
+            raise
         doc = {
             "version": MANIFEST_VERSION,
             "model": str(pred.path),
@@ -98,9 +100,52 @@ def preprocess(
         }
     if not items:
         raise SourceError(f"{source}: no image could be preprocessed ({len(skipped)} skipped)")
-    mpath = Path(manifest) if manifest else out / MANIFEST_NAME
     atomic_write_json(mpath, doc)
+    if ckpt is not None:
+        ckpt.discard()
     return mpath
+
+
+def _resume_key(model: Any, src: Source, fmt: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """What must match for a checkpoint to resume a preprocess run (None: a source of arrays)."""
+    if src.is_video:
+        source: Any = file_key(src.video) if isinstance(src.video, Path) else str(src.video)
+    elif all(isinstance(e, (str, os.PathLike)) for e in src.entries):
+        source = {"items": len(src.entries), "names": names_digest(str(Path(e).resolve()) for e in src.entries)}
+    else:
+        return None
+    options = {k: v for k, v in kwargs.items() if k not in ("threads", "trust_pickle", "sha256")}
+    return {"run": "preprocess", "model": file_key(model), "source": source, "vid_stride": src.vid_stride,
+            "format": fmt, "options": options}
+
+
+def _one(pred: Any, item: Any, out: Path, fmt: str, used: set[str], items: list[dict[str, Any]],
+         skipped: list[dict[str, str]]) -> None:
+    """Preprocess one source item into a tensor file and its manifest entry (or a ``skipped`` entry)."""
+    try:
+        img = item.load()
+        x, info = pred.preprocess(img)
+    except UnideployError as e:
+        skipped.append({"source": str(item.path or item.name), "error": str(e)})
+        return
+    x = x[None]
+    stem = stem_for(item.name, used)
+    fname = f"{stem}.{fmt}"
+    save_tensor(out / fname, x)
+    items.append(
+        {
+            "file": fname,
+            "stem": stem,
+            "name": item.name,
+            "source": str(item.path) if item.path is not None else item.name,
+            "frame": item.frame,
+            "index": item.index,
+            "orig_shape": list(info.orig_shape),
+            "letterbox": info.to_dict(),
+            "dtype": x.dtype.name,
+            "shape": list(x.shape),
+        }
+    )
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

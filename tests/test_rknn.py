@@ -60,6 +60,27 @@ def test_rknn_config_reproduces_the_spec_normalisation():
     assert mean == [[123.675, 116.28, 103.53]] and std == [[58.395, 57.12, 57.375]]
 
 
+def test_rknn_inputs_take_the_in_model_path_with_the_same_bytes():
+    """RKNN, AIPP and OpenVINO share one host path (``in_model``): a sidecar from before the field (NHWC uint8
+    RGB, read through ``RknnSession.fuse_preprocess``) feeds exactly the bytes it fed before."""
+    from unideploy.runtime.backends.in_model import in_model_spec
+    from unideploy.runtime.backends.rknn import RknnSession
+    from unideploy.runtime.families import get_adapter
+    from unideploy.core.spec import ModelSpec
+
+    legacy = ModelSpec(imgsz=(64, 96), layout="nhwc", input_dtype="uint8")
+    fused = RknnSession.fuse_preprocess(None, legacy)  # type: ignore[arg-type]  (uses no session state)
+    assert fused == in_model_spec(legacy, "rknn", "rgb") and RknnSession.fuse_preprocess(None, fused) is None
+    imgs = [np.random.default_rng(i).integers(0, 256, (64, 96, 3), np.uint8) for i in range(2)]
+    old, new = get_adapter("yolo")(legacy), get_adapter("yolo")(fused)
+    a, b = old.to_batch(imgs), new.to_batch(imgs)
+    assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape == (2, 64, 96, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b[0], imgs[0][..., ::-1])  # RGB, as the model's mean/std expect
+    bgr = get_adapter("yolox")(ModelSpec(imgsz=(64, 96), family="yolox"))
+    assert RknnSession.fuse_preprocess(None, bgr.spec).in_model_order == "bgr"  # type: ignore[union-attr]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
 def test_export_then_simulate_matches_onnxruntime(yolo_models, image_dir, tmp_path, toolkit_double, dtype):
@@ -69,12 +90,13 @@ def test_export_then_simulate_matches_onnxruntime(yolo_models, image_dir, tmp_pa
     assert out.is_file() and (tmp_path / "yolov8n_rknn.onnx").is_file()
     spec = unideploy.read_spec(out)
     assert spec.layout == "nhwc" and spec.input_dtype == "uint8" and spec.extra["rknn"]["dtype"] == dtype
+    assert spec.in_model == "rknn" and spec.in_model_order == "rgb"  # preprocessing in the model, as AIPP / OpenVINO
     files = sorted(image_dir.iterdir())[:8]
     with unideploy.load(src, conf=0.25) as ref_pred:
         ref = ref_pred(files)
     with unideploy.load(out, backend="rknn", conf=0.25) as pred:
         assert pred.session.mode == "simulator"
-        assert pred.session.inputs[0].shape == (1, 320, 320, 3)
+        assert pred.session.inputs[0].shape == (1, 320, 320, 3) and pred.spec.in_model == "rknn"
         ours = pred(files)
     # fp16 outputs: boxes near the threshold may flip; 98% of ORT's boxes must be found within 1 px. INT8: the
     # double quantizes each output to 8 bits; the head's Concat is split off (box pixels and 0-1 scores get

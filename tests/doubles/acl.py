@@ -44,7 +44,7 @@ ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID = 145013
 ACL_ERROR_RESOURCE_NOT_RELEASED = 500001  # stand-in code for "finalize/reset with live resources"
 
 DEVICE_COUNT = 2
-DTYPE = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
+DTYPE = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint8): 4}
 MBATCH = "ascend_mbatch_shape_data"
 
 _ids = itertools.count(0x7F00_0000_1000)
@@ -352,7 +352,7 @@ class mdl:  # noqa: N801
     @staticmethod
     def _inputs(om: OmModel) -> list[tuple[str, list[int], int, int]]:
         """(name, dims with -1, dtype code, size for the largest gear) per input, ATC's extra input last."""
-        ins = [(om.input_name, om.input_shape, 0, int(np.prod(om.max_input)) * 4)]
+        ins = [(om.input_name, om.input_shape, DTYPE[om.input_dtype], int(np.prod(om.max_input)) * om.input_dtype.itemsize)]
         if om.batch_gears:
             ins.append((MBATCH, [1], 9, 8))
         if om.hw_gears:
@@ -527,8 +527,8 @@ class mdl:  # noqa: N801
                     return ACL_ERROR_INVALID_PARAM
                 shape[2], shape[3] = m["hw"]
             ptr = S.buffers[S.datasets[in_ds][0]][0]
-            n = int(np.prod(shape)) * 4
-            x = np.frombuffer(bytes(S.mem[ptr][:n]), np.float32).reshape(shape)
+            n = int(np.prod(shape)) * om.input_dtype.itemsize
+            x = np.frombuffer(bytes(S.mem[ptr][:n]), om.input_dtype).reshape(shape)
             results = om.execute([x])
             cur = []
             for buf, r in zip(S.datasets[out_ds], results):

@@ -5,8 +5,10 @@ Checked as ATC documents them: every option is ``--name=value`` with a known nam
 ``--framework``, ``--output`` and ``--soc_version`` are present; ``--framework=5`` for ONNX; the
 ``--input_shape`` is ``name:d0,d1,...``; ``--dynamic_batch_size`` needs -1 as the first dim and 2-100
 gears in [1, 2048]; ``--dynamic_image_size`` needs -1,-1 as H,W and "h,w;h,w" gears; the two never together;
-``--precision_mode``, ``--output_type`` and ``--log`` take their documented values. Exit status 1 with
-an ``E10001``-style message on the first violation, like ATC.
+``--precision_mode``, ``--output_type`` and ``--log`` take their documented values; an ``--insert_op_conf`` AIPP
+file is parsed and checked against ATC's documented AIPP fields (``fake_aipp.py``) and recorded in the fake OM,
+which then takes uint8 NHWC input and applies it. Exit status 1 with an ``E10001``-style message on the first
+violation, like ATC.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_aipp import AippError, load_aipp  # noqa: E402
 from fake_om import write_fake_om  # noqa: E402
 
 KNOWN = {"model", "framework", "output", "soc_version", "input_format", "input_shape", "dynamic_batch_size",
@@ -88,6 +91,16 @@ def main(argv: list[str]) -> None:
         fail(f"--output_type={opts['output_type']} is invalid")
     if opts.get("log", "error") not in ("debug", "info", "warning", "error", "null"):
         fail(f"--log={opts['log']} is invalid")
+    aipp = None
+    if "insert_op_conf" in opts:
+        if not Path(opts["insert_op_conf"]).is_file():
+            fail(f"--insert_op_conf={opts['insert_op_conf']} does not exist")
+        if len(dims) != 4 or dims[1] != 3 or hw is not None:
+            fail("AIPP needs a static-size 4-D image input with 3 channels")
+        try:
+            aipp = load_aipp(opts["insert_op_conf"], dims)
+        except AippError as e:
+            fail(f"--insert_op_conf: {e}")
     out = Path(opts["output"])
     if out.suffix == ".om":
         fail("--output must not end in .om (ATC appends it)")
@@ -97,7 +110,7 @@ def main(argv: list[str]) -> None:
                   input_name=name,
                   input_shape=dims, dynamic_batch=batch, dynamic_hw=hw, soc=opts["soc_version"],
                   output_type=opts.get("output_type", "FP32"), precision_mode=opts.get("precision_mode", "force_fp16"),
-                  argv=argv)
+                  argv=argv, aipp=aipp)
     print("ATC run success, welcome to the next use.")
 
 

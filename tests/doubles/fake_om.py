@@ -3,7 +3,9 @@
 A fake ``.om`` is a JSON file written by ``fake_atc.py`` from exactly what ATC is told (the ONNX model,
 embedded so the OM stands alone like a real one, or a path to it for hand-made test files; input shape with -1 for dynamic dims, batch / image-size gears, output type). :class:`OmModel` executes it with
 ONNX Runtime on the referenced ONNX file, one sample at a time when the ONNX graph has a fixed batch of 1
-(ATC re-shapes such graphs to the gears it is given), and casts outputs to the ATC ``--output_type``.
+(ATC re-shapes such graphs to the gears it is given), and casts outputs to the ATC ``--output_type``. An OM built
+with AIPP (``aipp`` recorded by fake_atc) declares its input as uint8 NHWC, as ATC makes it, and applies the AIPP
+config (``fake_aipp.apply_aipp``) before the network.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class OmModel:
         self.sess = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
         self.input_name = d["input_name"]
         self.input_shape = [int(v) for v in d["input_shape"]]  # -1 where dynamic
+        self.aipp = d.get("aipp")
+        self.input_dtype = np.dtype(np.uint8 if self.aipp else np.float32)
+        if self.aipp:  # ATC turns the input AIPP feeds into NHWC uint8
+            n, c, h, w = self.input_shape
+            self.input_shape = [n, h, w, c]
         self.batch_gears = [int(b) for b in d.get("dynamic_batch") or []]
         self.hw_gears = [tuple(int(v) for v in hw) for hw in d.get("dynamic_hw") or []]
         self.output_dtype = np.dtype(OUTPUT_TYPES[d.get("output_type", "FP32")])
@@ -58,7 +65,7 @@ class OmModel:
         # output dims at every gear (ATC sizes output buffers for the largest)
         self.max_input = self._concrete(max(self.batch_gears) if self.batch_gears else None,
                                         max(self.hw_gears, key=lambda hw: hw[0] * hw[1]) if self.hw_gears else None)
-        probe = self.execute([np.zeros(self.max_input, np.float32)])
+        probe = self.execute([np.zeros(self.max_input, self.input_dtype)])
         self.max_output_shapes = [list(o.shape) for o in probe]
         self.output_shapes = [[-1 if (self.batch_gears and j == 0) or (self.hw_gears and j >= 2) else v
                                for j, v in enumerate(s)] for s in self.max_output_shapes]
@@ -78,7 +85,12 @@ class OmModel:
         return s
 
     def execute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        x = inputs[0].astype(np.float32, copy=False)
+        if self.aipp:
+            from fake_aipp import apply_aipp
+
+            x = apply_aipp(self.aipp, inputs[0])
+        else:
+            x = inputs[0].astype(np.float32, copy=False)
         if self.onnx_batch == 1 and x.shape[0] != 1:
             parts = [self.sess.run(self.output_names, {self.input_name: x[i : i + 1]}) for i in range(x.shape[0])]
             outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.output_names))]

@@ -80,6 +80,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option passed to Backend.open, repeatable, e.g. -O spin=false (ONNX Runtime "
                         "busy-waiting) or -O hint=throughput (OpenVINO); options a backend does not use are ignored")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode large JPEGs of --data at 1/2, 1/4 or 1/8 scale, the smallest still >= the model input")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up measurement (2 subprocesses per model)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the full report as JSON")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a PNG plot (needs matplotlib: unideploy[plot])")
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, device=args.device, batches=args.batch, warmup=args.warmup,
         loop=None if duration else args.loop, duration=duration, mode=args.mode, requests=args.requests,
         data=args.data, measure_startup=not args.no_startup, threads=args.threads,
-        backend_options={"*": options} if options else None,
+        backend_options={"*": options} if options else None, fast_decode=args.fast_decode,
         log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
     )
     measured = any(b.get("pure") for r in report["runs"] for b in r["batches"])

@@ -37,12 +37,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
     p.add_argument("--classes", type=class_list, default=None, help="keep only these class indices, e.g. 0,2")
     p.add_argument("--vid-stride", type=positive_int, default=1, help="use every N-th video frame")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode large JPEGs at 1/2, 1/4 or 1/8 scale, the smallest still >= the model input (changes pixels)")
     p.add_argument("--save-json", metavar="FILE", default=None, help="write COCO results JSON")
     p.add_argument("--save-txt", metavar="DIR", default=None, help="write YOLO txt labels (with confidence)")
     p.add_argument("--save-img", metavar="DIR", default=None,
                    help="write annotated images (for a video source: one annotated video DIR/<name>.mp4)")
     p.add_argument("--save-video", metavar="FILE", default=None, help="write the annotated frames as a video (.mp4/.avi)")
     p.add_argument("--save-jsonl", metavar="FILE", default=None, help="write one JSON line per image or frame")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was interrupted (or hit a full disk) with the same flags: skip the "
+                        "images it finished; the outputs end up as an uninterrupted run's")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, per-image lines or summary")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray Data (a local instance, or the cluster at ADDRESS); needs the ray extra")
@@ -67,7 +72,7 @@ class LineSink:
         """Print the line of one outcome (its reason when it was skipped)."""
         now = time.perf_counter()
         ms, self._t = (None if self._t is None else (now - self._t) * 1e3), now
-        self.seen += 1
+        self.seen = int(outcome.item.index) + 1  # the position in the source (a resumed run starts past 1)
         head = f"{self.kind} {self.seen}/{self.total or '?'} {outcome.item.name}"
         if outcome.error is not None:
             print(f"{head}: skipped", file=sys.stderr)
@@ -96,16 +101,25 @@ def run(args: argparse.Namespace) -> int:
                          "--save-jsonl": args.save_jsonl},
                   folders={"--save-txt": args.save_txt, "--save-img": args.save_img,
                            "--save-parquet": args.save_parquet})
+    if args.ray is not None and args.fast_decode:
+        from unideploy.core.errors import InputError
+
+        raise InputError("--fast-decode is not available with --ray (the Ray workers decode at full size); drop one")
     if args.ray is not None:  # scale-out on Ray Data: the same arguments, another library call
         return run_ray(args, post)
     source = Source(args.source, args.vid_stride)
     total = len(source)
     lines = not args.quiet and (args.verbose or (not source.is_video and 0 < total <= PER_IMAGE_LINES))
     sinks = [LineSink(total, "frame" if source.is_video else "image")] if lines else []
-    s = predict(args.model, source, **model_args(args), **post,
+    s = predict(args.model, source, **model_args(args), **post, fast_decode=args.fast_decode,
                 save_json=args.save_json, save_txt=args.save_txt, save_img=args.save_img, save_video=args.save_video,
-                save_jsonl=args.save_jsonl, sinks=sinks, progress=not args.quiet and not lines)
+                save_jsonl=args.save_jsonl, sinks=sinks, progress=not args.quiet and not lines, resume=args.resume)
     if not args.quiet:
+        unit = "frame" if s.video is not None else "image"
+        if s.resumed:
+            print(f"resumed: {s.resumed} {unit}(s) done by the interrupted run", file=sys.stderr)
+        elif args.resume:
+            print(f"resume: no checkpoint beside the outputs, so every {unit} was processed", file=sys.stderr)
         print(summary_line(s), file=sys.stderr)
         saved = [p for p in s.saved if not (s.video is not None and p == args.save_img)]  # the video, not its folder
         for path in saved:
@@ -134,7 +148,7 @@ def run_ray(args: argparse.Namespace, post: dict) -> int:
     from unideploy.apps.distributed import predict as ray_predict
     from unideploy.core.errors import InputError
 
-    for flag in ("save_txt", "save_img", "save_video", "save_jsonl"):
+    for flag in ("save_txt", "save_img", "save_video", "save_jsonl", "resume"):
         if getattr(args, flag, None):
             raise InputError(f"--{flag.replace('_', '-')} is not available with --ray; use --save-json or --save-parquet")
     results = ray_predict(args.model, args.source, address=None if args.ray == "local" else args.ray,
@@ -143,8 +157,12 @@ def run_ray(args: argparse.Namespace, post: dict) -> int:
     failures = [(n, d) for n, d in results if isinstance(d, str)]
     if not args.quiet:
         n_det = sum(len(d) for _, d in results if not isinstance(d, str))
-        print(f"{len(results) - len(failures)} image(s), {n_det} detection(s) on Ray with {args.ray_actors} actor(s)",
-              file=sys.stderr)
+        from unideploy.apps.distributed import last_run
+
+        lost = (f"; {last_run['restarts']} actor(s) lost and restarted, {last_run['retries']} batch(es) run again"
+                if last_run.get("restarts") or last_run.get("retries") else "")
+        print(f"{len(results) - len(failures)} image(s), {n_det} detection(s) on Ray with {args.ray_actors} actor(s)"
+              + lost, file=sys.stderr)
         for path in (args.save_json, args.save_parquet):
             if path:
                 print(f"saved {path}", file=sys.stderr)

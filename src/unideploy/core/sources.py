@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from unideploy.core.errors import ImageDecodeError, SourceError, UnideployError
+from unideploy.core.ops.letterbox_scaled import REDUCED_FLAGS, ScaledImage, full_shape_of
 from unideploy.core.security import IMAGE_FORMATS, sniff_image
 
 __all__ = [
@@ -76,12 +78,15 @@ def _jpeg_truncated(data: np.ndarray) -> bool:
 
 
 def decode_image(data: np.ndarray | bytes, name: str = "<bytes>", *, max_pixels: int | None = None,
-                 formats: tuple[str, ...] | None = None) -> np.ndarray:
+                 formats: tuple[str, ...] | None = None,
+                 decode_scale: Callable[[int, int], int] | None = None) -> np.ndarray:
     """Decode encoded image bytes to a BGR uint8 HWC array.
 
     The format is recognised from the magic bytes and must be in ``formats`` (default :data:`ALLOWED_FORMATS`);
     the size is read from the header and must be at most ``max_pixels`` (default :data:`MAX_PIXELS`; 0 = no
-    limit) before anything is decoded.
+    limit) before anything is decoded. ``decode_scale(height, width)`` (fast decode) picks a JPEG DCT scale
+    1, 2, 4 or 8 from the header's size; a JPEG is then decoded at that scale as a
+    :class:`~unideploy.core.ops.letterbox_scaled.ScaledImage` that remembers its full size.
 
     Raises:
         ImageDecodeError: empty, truncated, too large, of a format outside the allow-list, or not decodable.
@@ -108,8 +113,12 @@ def decode_image(data: np.ndarray | bytes, name: str = "<bytes>", *, max_pixels:
         raise ImageDecodeError(f"{name}: expected a complete JPEG, got a truncated one (no end-of-image marker)")
     # 16-bit TIFF: take the high byte of each sample, as Ultralytics does (IMREAD_COLOR alone rounds instead)
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH if header.format == "tiff" and header.bits == 16 else cv2.IMREAD_COLOR
+    factor = decode_scale(header.height, header.width) if decode_scale and header.format == "jpeg" else 1
     try:
-        img = cv2.imdecode(buf, flags)
+        img = cv2.imdecode(buf, REDUCED_FLAGS[factor] if factor in REDUCED_FLAGS else flags)
+        if factor in REDUCED_FLAGS and img is not None:
+            full = full_shape_of(img.shape, header.height, header.width, factor)
+            img = ScaledImage.wrap(img, full, factor) if full else cv2.imdecode(buf, flags)
     except cv2.error as e:
         raise ImageDecodeError(f"{name}: OpenCV could not decode this {header.format.upper()} file ({str(e).strip().splitlines()[-1]})") from None
     if img is None:
@@ -123,8 +132,9 @@ def decode_image(data: np.ndarray | bytes, name: str = "<bytes>", *, max_pixels:
     return img
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
-    """Read one image file as BGR uint8 (H, W, 3); see :func:`decode_image` for the checks.
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None,
+               decode_scale: Callable[[int, int], int] | None = None) -> np.ndarray:
+    """Read one image file as BGR uint8 (H, W, 3); see :func:`decode_image` for the checks and ``decode_scale``.
 
     Raises:
         ImageDecodeError: missing, unreadable, empty, truncated, too large or not an allowed image format.
@@ -144,7 +154,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
         raise ImageDecodeError(f"{p}: expected an image file, but it does not exist") from None
     except (PermissionError, IsADirectoryError, OSError) as e:
         raise ImageDecodeError(f"{p}: expected a readable image file, got {type(e).__name__}: {e.strerror or e}") from None
-    return decode_image(data, str(p), max_pixels=max_pixels)
+    return decode_image(data, str(p), max_pixels=max_pixels, decode_scale=decode_scale)
 
 
 def _is_image(p: Path) -> bool:
@@ -192,6 +202,8 @@ class VideoStats:
     last_frame: int = -1
     ended_early: bool = False
     fps: float = 25.0  # as declared by the container (25 when it declares nothing usable)
+    #: wall time spent reading and decoding frames (failed reads included); a timing, left out of ==
+    decode_seconds: float = field(default=0.0, compare=False)
 
     def describe(self) -> str:
         """One line for reports, e.g. ``"120 frame(s) decoded, 2 corrupt frame(s) skipped"``."""
@@ -225,7 +237,9 @@ def iter_video(path: Path | str, vid_stride: int = 1, start_index: int = 0,
         idx = start_index
         failures = 0
         while True:
+            t0 = time.perf_counter()
             ok, frame = cap.read()
+            stats.decode_seconds += time.perf_counter() - t0
             if not ok or frame is None:
                 if stats.expected is not None and stats.last_frame + 1 >= stats.expected:
                     break  # the declared end
@@ -273,6 +287,10 @@ class Source:
         self.entries: list = []
         #: reading statistics of the last pass over a video or stream (None for images)
         self.stats: VideoStats | None = None
+        #: items before this 0-based index are not yielded (a resumed run); indices and frame numbers stay the same
+        self.start = 0
+        #: fast decode: (height, width) -> JPEG DCT scale for image files (see :func:`decode_image`); None: full size
+        self.decode_scale: Callable[[int, int], int] | None = None
         if isinstance(source, (list, tuple)):
             self.entries = list(source)
             return
@@ -302,11 +320,15 @@ class Source:
     def __iter__(self) -> Iterator[Item]:
         if self.video is not None:
             self.stats = VideoStats()
-            yield from iter_video(self.video, self.vid_stride, stats=self.stats)
+            for item in iter_video(self.video, self.vid_stride, stats=self.stats):
+                if item.index >= self.start:
+                    yield item
             return
         for i, obj in enumerate(self.entries):
+            if i < self.start:
+                continue
             if isinstance(obj, np.ndarray):
                 yield Item(f"image{i}", i, (lambda a=obj: a))
             else:
                 path = Path(obj)
-                yield Item(path.name, i, (lambda q=path: read_image(q)), path)
+                yield Item(path.name, i, (lambda q=path, f=self.decode_scale: read_image(q, decode_scale=f)), path)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -24,11 +25,13 @@ from unideploy.core.errors import InputError
 from unideploy.core.options import unknown_keys
 from unideploy.core.sinks import CocoJsonSink, ImageSink, JsonLinesSink, Sink, Sinks, VideoSink, YoloTxtSink
 from unideploy.core.sources import Source, VideoStats
+from unideploy.tools.resume import SinkRun, output_anchor
 
 __all__ = ["LOAD_ARGS", "MODEL_ARGS", "POSTPROCESS_ARGS", "PredictSummary", "load_kwargs", "predict"]
 
 #: arguments that open the model (as for :func:`unideploy.load`)
-MODEL_ARGS = ("backend", "device", "imgsz", "batch", "family", "threads", "sha256", "precision", "trust_pickle")
+MODEL_ARGS = ("backend", "device", "imgsz", "batch", "family", "threads", "sha256", "precision", "trust_pickle",
+              "fast_decode")
 #: arguments that choose what postprocessing keeps (None: the model family's default)
 POSTPROCESS_ARGS = ("conf", "iou", "max_det", "agnostic", "classes")
 #: every argument :func:`load_kwargs` takes: the model's, postprocessing's, and ``backend_options``
@@ -40,7 +43,7 @@ PathOrSink = str | os.PathLike | Sink | None
 def load_kwargs(**args: Any) -> dict[str, Any]:
     """Keyword arguments for :func:`unideploy.load` from :func:`predict`'s model and postprocess arguments.
 
-    Arguments left at None (and ``threads=0``, ``trust_pickle=False``) are left out, so each runtime and model
+    Arguments left at None (and ``threads=0``, ``trust_pickle=False``, ``fast_decode=False``) are left out, so each runtime and model
     family keeps its own default; ``backend_options`` (a mapping of runtime settings) is spread in. Ray's
     :func:`unideploy.ray.predict` takes the same arguments through this function.
 
@@ -53,7 +56,7 @@ def load_kwargs(**args: Any) -> dict[str, Any]:
     """
     unknown_keys(args, LOAD_ARGS, "predict")
     extra = dict(args.pop("backend_options", None) or {})
-    kw = {k: v for k, v in args.items() if v is not None and not (k in ("threads", "trust_pickle") and not v)}
+    kw = {k: v for k, v in args.items() if v is not None and not (k in ("threads", "trust_pickle", "fast_decode") and not v)}
     clash = sorted(set(extra) & set(kw))
     if clash:
         raise InputError(f"backend_options repeats {', '.join(clash)}; give each setting once")
@@ -73,6 +76,8 @@ class PredictSummary:
         seconds: wall time of the run, model loading excluded.
         saved: the outputs written, as given (paths as strings; a video made from ``save_img`` included).
         video: what reading a video or stream met (None for images).
+        resumed: items done by an earlier run that this one (``resume=True``) skipped; counted in ``images``,
+            ``detections`` and ``failures`` too.
     """
 
     images: int = 0
@@ -83,6 +88,7 @@ class PredictSummary:
     seconds: float = 0.0
     saved: list[str] = field(default_factory=list)
     video: VideoStats | None = None
+    resumed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -113,6 +119,7 @@ def predict(
     sha256: str | Sequence[str] | None = None,
     precision: str | None = None,
     trust_pickle: bool = False,
+    fast_decode: bool = False,
     backend_options: Mapping[str, Any] | None = None,
     conf: float | None = None,
     iou: float | None = None,
@@ -127,6 +134,7 @@ def predict(
     save_jsonl: PathOrSink = None,
     sinks: Sequence[Sink] = (),
     progress: bool = False,
+    resume: bool = False,
 ) -> PredictSummary:
     """Predict every item of ``source`` and hand each outcome to the sinks; unreadable items are skipped and
     reported in the summary, not raised.
@@ -137,6 +145,7 @@ def predict(
         source: an image, a folder, a glob, a video file, a stream URL, or a list of paths or BGR arrays.
         backend, device, imgsz, batch, family, threads, sha256, precision, trust_pickle: as for
             :func:`unideploy.load`. backend_options: further runtime settings (``hint``, ``cache_dir``, ...).
+        fast_decode: decode large JPEGs at the scale the model needs (see :class:`~unideploy.runtime.predictor.Predictor`).
         conf, iou, max_det, agnostic, classes: what postprocessing keeps (None: the model family's default).
         vid_stride: use every N-th video frame.
         save_json: COCO results JSON. save_txt: a folder of YOLO txt labels. save_img: a folder of annotated
@@ -145,6 +154,13 @@ def predict(
             Each is a path or a sink object.
         sinks: further sinks.
         progress: a progress bar on stderr.
+        resume: continue a run that stopped early (interrupted, disk full): the checkpoint it left beside the
+            first output path (``.<name>.resume.json``, or ``.resume.json`` in a folder) says which items are done;
+            they are skipped and the final files are those of an uninterrupted run. The model, source, options
+            and outputs must be the same (else InputError). Without a checkpoint the run starts at the first item.
+            A run that stops early leaves the COCO JSON and a video unwritten, the JSON lines covering the items
+            done, and per-image files complete; the exception carries ``.progress``
+            (:class:`~unideploy.core.interrupts.Progress`).
 
     Returns:
         The :class:`PredictSummary`: counts, the skipped items with their reasons, per-stage times, outputs.
@@ -156,7 +172,6 @@ def predict(
         >>> s = predict("model.onnx", "clip.mp4", vid_stride=2, save_video="annotated.mp4")  # doctest: +SKIP
         >>> print(s.video.describe())  # doctest: +SKIP
     """
-    from unideploy.core.progress import progress_bar
     from unideploy.runtime.load import load
     from unideploy.runtime.predictor import Predictor
 
@@ -166,11 +181,12 @@ def predict(
     if opened:
         predictor = load(model, **load_kwargs(
             backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads, sha256=sha256,
-            precision=precision, trust_pickle=trust_pickle, backend_options=backend_options, **post))
+            precision=precision, trust_pickle=trust_pickle, fast_decode=fast_decode, backend_options=backend_options,
+            **post))
         overrides: dict[str, Any] = {}
     else:
         given = load_kwargs(backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads,
-                            sha256=sha256, precision=precision, trust_pickle=trust_pickle,
+                            sha256=sha256, precision=precision, trust_pickle=trust_pickle, fast_decode=fast_decode,
                             backend_options=backend_options)
         if given:
             raise InputError(f"{', '.join(given)}: these open a model; predict() was given an open Predictor")
@@ -186,34 +202,83 @@ def predict(
             _as_sink(None if src.is_video and video_out else save_img, ImageSink),
             _as_sink(video_out, VideoSink), _as_sink(save_jsonl, JsonLinesSink)) if s is not None), *sinks)
         summary.saved = [_label(v) for v in (save_json, save_txt, save_img, video_out, save_jsonl) if v]
-        _run(predictor, src, group, summary, overrides, progress_bar(len(src) if progress else None, "predict", enabled=progress))
+        anchor = output_anchor((save_json, False), (save_txt, True), (None if src.is_video else save_img, True),
+                               (video_out, False), (save_jsonl, False))
+        key = _resume_key(predictor, src, overrides, precision, summary.saved) if anchor else None
+        run = SinkRun(group, anchor, key, resume)
+        _run(predictor, src, group, summary, overrides, progress, run)
     finally:
         if opened:
             predictor.close()
     summary.times = predictor.times.summary()
     summary.video = src.stats
+    if src.stats is not None and src.stats.decoded:  # video frames are decoded by the reader, not per item
+        summary.times["decode"] = src.stats.decode_seconds / src.stats.decoded
     return summary
 
 
+def _resume_key(predictor: Any, src: Source, overrides: dict[str, Any], precision: str | None,
+                saved: list[str]) -> dict[str, Any] | None:
+    """What must match for a checkpoint to resume this run (None: a source of arrays cannot be resumed)."""
+    import dataclasses
+
+    from unideploy.core.checkpoint import file_key, names_digest
+
+    if src.is_video:
+        source: Any = file_key(src.video) if isinstance(src.video, Path) else str(src.video)
+    elif all(isinstance(e, (str, os.PathLike)) for e in src.entries):
+        source = {"items": len(src.entries), "names": names_digest(str(Path(e).resolve()) for e in src.entries)}
+    else:
+        return None
+    return {"run": "predict", "model": file_key(predictor.path), "source": source, "vid_stride": src.vid_stride,
+            "backend": predictor.backend_name, "device": str(predictor.session.device), "batch": predictor.batch,
+            "imgsz": list(predictor.spec.imgsz or []), "adapter": type(predictor.adapter).__name__,
+            "options": dataclasses.asdict(predictor.options), "overrides": overrides, "precision": precision,
+            "fast_decode": bool(getattr(predictor, "fast_decode", False)), "outputs": saved}
+
+
 def _run(predictor: Any, src: Source, group: Sinks, summary: PredictSummary, overrides: dict[str, Any],
-         bar: Any) -> None:
-    """Stream ``src`` through ``predictor`` into ``group``, counting into ``summary``; closes the bar and sinks."""
+         progress: bool, run: SinkRun) -> None:
+    """Stream ``src`` through ``predictor`` into ``group``, counting into ``summary``; closes the sinks (or, when
+    the run stops early, aborts them and leaves a checkpoint: see :class:`~unideploy.tools.resume.SinkRun`)."""
+    from unideploy.core.progress import progress_bar
+
     videos = [s for s in group.sinks if isinstance(s, VideoSink) and s.fps is None]
+    total = len(src) or None
+    unit = "frame" if src.is_video else "image"
+    start = summary.resumed = src.start = run.position
+    prev = run.extra
+    summary.images, summary.detections = int(prev.get("images", 0)), int(prev.get("detections", 0))
+    summary.failures = [(str(n), str(w)) for n, w in prev.get("failures", [])]
+    mark = (start, summary.images, summary.detections, len(summary.failures))  # set in one step: what is done
+    bar = progress_bar(total if progress else None, "predict", enabled=progress)
+    if start:
+        bar.update(start)
     t0 = time.perf_counter()
+
+    def counts() -> dict[str, Any]:
+        return {"images": mark[1], "detections": mark[2], "failures": summary.failures[: mark[3]]}
+
     try:
-        for out in predictor.stream(src, keep_images=group.wants_image, **overrides):
-            if videos and src.stats is not None:  # the frame rate is known once the source is open
-                for v in videos:
-                    v.fps = src.stats.fps / src.vid_stride
-                videos = []
-            if out.ok:
-                summary.images += 1
-                summary.detections += len(out.result) if summary.task != "classify" else 0
-            else:
-                summary.failures.append((out.item.name, str(out.error)))
-            group.add(out)
-            bar.update(1)
-    finally:
+        with contextlib.closing(predictor.stream(src, keep_images=group.wants_image, **overrides)) as stream:
+            for out in stream:
+                if videos and src.stats is not None:  # the frame rate is known once the source is open
+                    for v in videos:
+                        v.fps = src.stats.fps / src.vid_stride
+                    videos = []
+                group.add(out)
+                if out.ok:  # counted once every sink has it: an item cut short is not done, and is redone
+                    summary.images += 1
+                    summary.detections += len(out.result) if summary.task != "classify" else 0
+                else:
+                    summary.failures.append((out.item.name, str(out.error)))
+                mark = (out.item.index + 1, summary.images, summary.detections, len(summary.failures))
+                bar.update(1)
+    except BaseException as e:
         bar.close()
-        group.close()
         summary.seconds = time.perf_counter() - t0
+        run.stop(e, mark[0], mark[0], counts(), total, unit)
+        raise
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    run.finish(mark[0], mark[0], counts(), total, unit)

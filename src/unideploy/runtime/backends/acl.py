@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from unideploy.core.errors import BackendError, BackendUnavailableError, DeviceError, InputError, ModelError
-from unideploy.runtime.backends.ascend import DevicePool, DeviceWorker, next_gear, om_info, parse_npu_devices
+from unideploy.runtime.backends.ascend import DevicePool, DeviceWorker, aipp_spec, next_gear, om_info, parse_npu_devices
 from unideploy.runtime.backends.base import Backend, Session, TensorInfo
 
 ACL_SUCCESS = 0
@@ -346,6 +346,10 @@ class AclSession(Session):
         self._workers, self._models = [], []
         if errors:
             raise BackendError("; ".join(errors))
+
+    def fuse_preprocess(self, spec: Any) -> Any:
+        """An OM with AIPP takes the letterboxed uint8 BGR image (:func:`~unideploy.runtime.backends.ascend.aipp_spec`)."""
+        return aipp_spec(self.path, spec)
 
     def _close(self) -> None:
         _LIVE.discard(self)

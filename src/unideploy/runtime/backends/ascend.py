@@ -10,6 +10,9 @@ reserve per output). The mode and the gears come from the sidecar spec that ``un
 writes beside the OM file (``extra.om``), else from the declared input shapes; ``mode=`` overrides.
 A batch that is not a gear is zero-padded up to the next gear and the outputs are cut back.
 
+An OM converted with AIPP (``export --to om --option aipp=true``) does the preprocessing after the letterbox on
+the NPU: the sidecar spec says ``in_model="aipp"`` and the backend is fed the letterboxed uint8 NHWC BGR image.
+
 Timings: ``summary()`` execution times give ``last_timings.compute``, ais_bench's ``MemorySummary``
 host-to-device / device-to-host copy times give ``h2d`` / ``d2h`` (all reported in milliseconds by ais_bench,
 stored in seconds here).
@@ -89,6 +92,17 @@ def om_info(path: Path) -> dict[str, Any]:
             om = (d.get("extra") or {}).get("om")
             return om if isinstance(om, dict) else {}
     return {}
+
+
+def aipp_spec(path: Path, spec: Any) -> Any:
+    """The spec for an OM built with AIPP (``export --to om --option aipp=true`` records it under ``extra.om.aipp``):
+    uint8 NHWC BGR input, ``in_model="aipp"`` (see :mod:`unideploy.runtime.backends.in_model`); None when the OM
+    has no AIPP or the spec already says so. Both Ascend backends answer ``fuse_preprocess`` with it."""
+    from unideploy.runtime.backends.in_model import in_model_spec
+
+    if not om_info(path).get("aipp") or spec.in_model == "aipp":
+        return None
+    return in_model_spec(spec, "aipp", "bgr")
 
 
 def next_gear(n: int, gears: Sequence[int]) -> int | None:
@@ -331,6 +345,10 @@ class AscendSession(Session):
     def _set_timings(self, times: dict[str, float | None]) -> None:
         t = self.last_timings
         t.compute, t.h2d, t.d2h, t.total = times.get("compute"), times.get("h2d"), times.get("d2h"), times.get("total")
+
+    def fuse_preprocess(self, spec: Any) -> Any:
+        """An OM with AIPP takes the letterboxed uint8 BGR image (:func:`aipp_spec`)."""
+        return aipp_spec(self.path, spec)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _release(self) -> None:

@@ -13,10 +13,10 @@ embedded spec so a later load does not add them twice.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from unideploy.core.spec import ModelSpec
+from unideploy.runtime.backends.in_model import in_model_spec as shared_in_model_spec
 
 __all__ = ["fusable", "add_preprocessing", "in_model_spec"]
 
@@ -82,5 +82,6 @@ def add_preprocessing(ov: Any, model: Any, spec: ModelSpec) -> Any:
 
 
 def in_model_spec(spec: ModelSpec) -> ModelSpec:
-    """``spec`` for a model whose preprocessing runs inside it: uint8 NHWC BGR input, ``in_model="openvino"``."""
-    return replace(spec, in_model="openvino", in_model_order="bgr", layout="nhwc", input_dtype="uint8")
+    """``spec`` for a model whose preprocessing runs inside it: uint8 NHWC BGR input, ``in_model="openvino"``
+    (:func:`unideploy.runtime.backends.in_model.in_model_spec`, shared with Ascend AIPP and RKNN)."""
+    return shared_in_model_spec(spec, "openvino", "bgr")

@@ -6,7 +6,9 @@
   (see :mod:`unideploy.runtime.backends.rknn_toolkit`). The simulator cannot execute a ``.rknn`` file, so it rebuilds the
   model from the ONNX kept beside it with the same target / dtype / calibration, as recorded in the sidecar.
 
-Inputs are uint8 NHWC RGB letterboxed images (normalisation is inside the model), batch 1.
+Inputs are uint8 NHWC letterboxed images in the network's channel order, batch 1: the normalisation is inside the
+model (``in_model="rknn"`` in the spec, the same fields and host code path as OpenVINO's PrePostProcessor and Ascend
+AIPP; a sidecar written before that field existed is read the same way).
 
 Example:
     >>> import unideploy
@@ -110,7 +112,8 @@ class RknnSession(Session):
         try:
             dataset = None
             if info["dtype"] == "int8":
-                spec = ModelSpec.from_dict({k: v for k, v in side.items() if k != "extra"} | {"layout": "nchw", "input_dtype": "float32"})
+                host = {"layout": "nchw", "input_dtype": "float32", "in_model": None}  # calibration resizes on the host
+                spec = ModelSpec.from_dict({k: v for k, v in side.items() if k != "extra"} | host)
                 dataset = str(calibration_set(spec, info["calib"], int(options.calib_count), worker.tmp))
             worker.request(cmd="build", onnx=str(onnx), target=info["target"], dtype=info["dtype"], dataset=dataset,
                            mean=info["mean"], std=info["std"], out=None, simulate=True,
@@ -142,6 +145,13 @@ class RknnSession(Session):
         out = self._infer(feeds[self.inputs[0].name])
         self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
         return out
+
+    def fuse_preprocess(self, spec: Any) -> Any:
+        """An RKNN model does its normalisation (``export --to rknn`` bakes mean/std in) and takes uint8 NHWC in the
+        network's channel order: the spec says ``in_model="rknn"`` (None when it already does)."""
+        from unideploy.runtime.backends.in_model import in_model_spec
+
+        return None if spec.in_model == "rknn" else in_model_spec(spec, "rknn", spec.channel_order)
 
     def _close(self) -> None:
         if self._lite is not None:

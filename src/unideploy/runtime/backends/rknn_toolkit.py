@@ -31,6 +31,7 @@ import numpy as np
 from unideploy.core.cache import cache_dir
 from unideploy.core.errors import BackendError, BackendUnavailableError, InputError
 from unideploy.core.spec import ModelSpec
+from unideploy.runtime.backends.in_model import rknn_mean_std
 
 __all__ = ["TOOLKIT", "WORKER", "DISABLE_RULES", "venv_dir", "toolkit_python", "ToolkitWorker", "rknn_config",
            "calibration_set"]
@@ -121,11 +122,9 @@ class ToolkitWorker:
 
 
 def rknn_config(spec: ModelSpec) -> tuple[list[list[float]], list[list[float]]]:
-    """mean_values / std_values on the uint8 scale that reproduce ``x * scale`` then ``(x - mean) / std``."""
-    s = float(spec.scale or 1.0)
-    mean = [[round(m / s, 6) for m in spec.mean]]
-    std = [[round(v / s, 6) for v in spec.std]]
-    return mean, std
+    """mean_values / std_values on the uint8 scale that reproduce ``x * scale`` then ``(x - mean) / std``
+    (:func:`unideploy.runtime.backends.in_model.rknn_mean_std`, the RKNN part of "preprocessing in the model")."""
+    return rknn_mean_std(spec)
 
 
 def calibration_set(spec: ModelSpec, source: Any, count: int, folder: Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 
 from unideploy.runtime.backends.base import TensorInfo
 from unideploy.core.ops.letterbox import LetterboxInfo, letterbox
+from unideploy.core.ops.letterbox_scaled import dct_factor, full_size_info
 from unideploy.core.options import GENERIC_DEFAULTS, PostprocessOptions
 from unideploy.core.spec import ModelSpec
 
@@ -97,6 +98,25 @@ class Adapter:
         out = out[top : top + h, left : left + w]
         return out, LetterboxInfo((h0, w0), (nw, nh), (-left, -top), (nw / w0, nh / h0))
 
+    def decode_factor(self, h0: int, w0: int) -> int:
+        """The JPEG DCT scale (1, 2, 4 or 8) to decode an ``h0 x w0`` image at for :meth:`resize`: the largest whose
+        decoded image is still at least as large as what the resize makes of the full image (so the resize only
+        shrinks). Used by ``fast_decode`` (:mod:`unideploy.core.ops.letterbox_scaled`).
+
+        Example:
+            >>> from unideploy.runtime.families import get_adapter
+            >>> get_adapter("yolo")(ModelSpec(imgsz=(640, 640))).decode_factor(3000, 4000)
+            4
+        """
+        h, w = self.spec.imgsz  # type: ignore[misc]
+        if self.spec.resize == "stretch":
+            return dct_factor(h0, w0, (h, w))
+        if self.spec.resize == "crop":
+            r = max(h / h0, w / w0) / float(self.spec.extra.get("crop_fraction", 1.0))
+        else:
+            r = min(h / h0, w / w0)
+        return dct_factor(h0, w0, (math.ceil(h0 * r), math.ceil(w0 * r)))
+
     def to_tensor(self, img: np.ndarray) -> np.ndarray:
         """Colour order, scale, mean/std and layout: HWC BGR uint8 -> model input (no batch axis).
 
@@ -172,9 +192,10 @@ class Adapter:
         return out.astype(self.spec.input_dtype, copy=False)
 
     def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
-        """One HWC BGR uint8 image -> (input tensor without batch axis, mapping info)."""
+        """One HWC BGR uint8 image -> (input tensor without batch axis, mapping info); the mapping is from the
+        full image when ``img`` was decoded at a reduced scale (a :class:`~unideploy.core.ops.letterbox_scaled.ScaledImage`)."""
         resized, info = self.resize(img)
-        return self.to_tensor(resized), info
+        return self.to_tensor(resized), full_size_info(img, info)
 
     # -- postprocessing -----------------------------------------------------------------------
     def resolve_options(self, options: PostprocessOptions | None = None) -> PostprocessOptions:

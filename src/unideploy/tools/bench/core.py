@@ -107,6 +107,7 @@ def benchmark(
     threads: int | None = None,
     backend_options: dict[str, dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
+    fast_decode: bool = False,
 ) -> dict[str, Any]:
     """Benchmark ``model`` and return a JSON-ready report (render it with :func:`unideploy.tools.bench.render`).
 
@@ -127,6 +128,7 @@ def benchmark(
         backend_options: extra ``Backend.open`` options per backend name ("*": for every backend), e.g.
             {"onnxruntime": {"spin": False}, "openvino": {"hint": "throughput"}}.
         log: called with a line of progress (e.g. ``print``).
+        fast_decode: decode large JPEGs of ``data`` at the scale the model needs (``unideploy.load``'s option).
 
     Raises:
         InputError: bad batch sizes, mode or loop (for one model: a batch its fixed batch rules out);
@@ -154,7 +156,8 @@ def benchmark(
         "model": str(model), "machine": machine, "versions": library_versions(),
         "settings": {"backend": backend, "device": device, "batches": batches, "warmup": warmup,
                      "loop": None if duration else loop, "duration_s": duration, "mode": mode, "requests": requests,
-                     "data": None if data is None else str(data), "threads": threads},
+                     "data": None if data is None else str(data), "threads": threads,
+                     "fast_decode": fast_decode},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": [], "notes": [],
     }
     if machine.get("load_average") and machine.get("logical_cores") and machine["load_average"][0] > 0.5 * machine["logical_cores"]:
@@ -166,11 +169,14 @@ def benchmark(
                                "startup": None, "map50_95": None, "map50": None, "error": None}
         report["runs"].append(run)
         opts = _options(v.backend, device, threads, backend_options)
+        if fast_decode:
+            opts["fast_decode"] = True
         say(f"{v.label}: loading")
         try:
             with Predictor(v.path, v.backend, device, **opts) as pred:
                 run["device"] = str(pred.session.device)
                 run["precision"] = precision_label(v.precision, pred.session.compute_precision())
+                run["preprocess_in"] = pred.spec.in_model or "host"  # openvino / aipp / rknn: inside the model
                 if not many and pred.fixed_batch and pred.fixed_batch not in batches:
                     raise OptionError("batch", f"must be {pred.fixed_batch} for this model (its batch is fixed), "
                                                f"got {','.join(map(str, batches))}")

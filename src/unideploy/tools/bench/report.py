@@ -134,7 +134,7 @@ def render(report: dict[str, Any]) -> str:
                 split_rows.append(who[:2] + [b["batch"], "not separable", _f(lat["mean_ms"], 3), "not separable"])
             if e2e:
                 st = e2e["stages_ms"]
-                stage_rows.append(who[:2] + [b["batch"]] + [
+                stage_rows.append(who[:2] + [b["batch"], run.get("preprocess_in", "host")] + [
                     None if st[k] is None else f"{st[k]['mean']:.2f} / {st[k]['p99']:.2f}"
                     for k in ("read+decode", "preprocess", "inference", "postprocess")] + [_f(1e3 / e2e["images_per_s"], 2) if e2e["images_per_s"] else None])
         s = run.get("startup")
@@ -156,8 +156,10 @@ def render(report: dict[str, Any]) -> str:
                 format_table(["backend", "device", "batch", "h2d", "compute", "d2h"], split_rows)]
     if stage_rows:
         out += ["", "end to end, ms per image, mean / p99 (stages overlap, so they need not add up to wall):",
-                format_table(["backend", "device", "batch", "read+decode", "preprocess", "inference", "postprocess",
-                              "wall/img"], stage_rows)]
+                format_table(["backend", "device", "batch", "preprocessing in", "read+decode", "preprocess", "inference",
+                              "postprocess", "wall/img"], stage_rows)]
+        if report.get("settings", {}).get("fast_decode"):
+            out.append("read+decode: --fast-decode (large JPEGs decoded at 1/2, 1/4 or 1/8 scale)")
     if start_rows:
         out += ["", "start-up (each load in a fresh process):",
                 format_table(["backend", "device", "file", "load ms", "cached load ms", "first result ms",

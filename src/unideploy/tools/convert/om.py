@@ -5,7 +5,8 @@ instructions")::
 
     atc --model=<onnx> --framework=5 --output=<out without .om> --soc_version=<SoC>
         --input_format=NCHW --input_shape=<name>:<n>,3,<h>,<w> [--dynamic_batch_size="1,2,4,8" with n = -1
-        | --dynamic_image_size="h,w;h,w" with h,w = -1,-1] [--precision_mode=<mode>] --output_type=FP32 --log=error
+        | --dynamic_image_size="h,w;h,w" with h,w = -1,-1] [--precision_mode=<mode>] [--insert_op_conf=<aipp.cfg>]
+        --output_type=FP32 --log=error
 
 The SoC comes from ``--option soc=Ascend310P3`` or, on an Ascend host, from ``npu-smi info``. When ``atc``
 is on PATH it runs; otherwise :class:`BackendUnavailableError` prints the exact command to run on the
@@ -15,7 +16,17 @@ metadata, so the spec is written beside the model as ``<stem>.unideploy.json`` (
 
 Target options (``--option KEY=VALUE`` / ``export(..., KEY=VALUE)``): ``soc``, ``precision_mode``,
 ``dynamic_batch`` ("1,2,4,8"), ``dynamic_hw`` ("640,640;480,640"), ``output_type`` (FP32, FP16, UINT8, INT8),
-``log`` (debug, info, warning, error, null), ``atc`` (path of the atc binary), ``atc_args`` (extra flags).
+``log`` (debug, info, warning, error, null), ``atc`` (path of the atc binary), ``atc_args`` (extra flags),
+``aipp`` (true: preprocessing in the model, below).
+
+**AIPP** (``--option aipp=true``): the preprocessing after the letterbox moves onto the NPU's AI pre-processing
+unit. A static AIPP config (``<stem>_aipp.cfg``, ``aipp_op`` with ``input_format: RGB888_U8``, ``csc_switch: false``,
+``rbuv_swap_switch``, ``mean_chn_*``/``min_chn_*``/``var_reci_chn_*`` from the family's scale, mean and std; see
+:func:`unideploy.runtime.backends.in_model.aipp_fields`) goes to ATC with ``--insert_op_conf``, and the sidecar
+spec says ``in_model="aipp"``: the ascend and acl backends then feed the letterboxed image as uint8 NHWC BGR (a
+quarter of the bytes of float32 NCHW to copy to the device, and no float work on the host). Not combinable with
+``dynamic_hw`` (static AIPP fixes the image size). Checked in CI against ATC's documented fields by the test
+doubles, which apply the config; not yet run on Ascend hardware.
 
 Example:
     >>> import unideploy
@@ -36,6 +47,7 @@ from typing import Any
 
 from unideploy.core.errors import BackendError, BackendUnavailableError, InputError, ModelError
 from unideploy.core.spec import ModelSpec, sidecar_paths
+from unideploy.runtime.backends.in_model import aipp_config, aipp_fields, in_model_spec, network_spec
 
 #: --precision_mode values documented for ATC (CANN 6.x-8.x)
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision",
@@ -64,6 +76,10 @@ class AtcPlan:
     log: str = "error"
     atc: str = "atc"
     extra_args: list[str] = field(default_factory=list)
+    #: static AIPP fields (ATC's names) and the config file they are written to; the spec with ``in_model="aipp"``
+    aipp: dict[str, Any] | None = None
+    aipp_conf: Path | None = None
+    aipp_spec: ModelSpec | None = None
 
     @property
     def mode(self) -> str:
@@ -85,6 +101,8 @@ class AtcPlan:
             cmd.append(f"--dynamic_image_size={';'.join(f'{a},{b}' for a, b in self.dynamic_hw)}")
         if self.precision_mode:
             cmd.append(f"--precision_mode={self.precision_mode}")
+        if self.aipp_conf is not None:
+            cmd.append(f"--insert_op_conf={self.aipp_conf}")
         cmd += [f"--output_type={self.output_type}", f"--log={self.log}", *self.extra_args]
         return cmd
 
@@ -97,7 +115,8 @@ class AtcPlan:
         return {"mode": self.mode, "soc": self.soc, "input_name": self.input_name, "input_shape": list(self.input_shape),
                 "dynamic_batch": self.dynamic_batch, "dynamic_hw": [list(hw) for hw in self.dynamic_hw],
                 "precision_mode": self.precision_mode or "force_fp16 (ATC default)", "output_type": self.output_type,
-                "atc_command": self.shell()}
+                "atc_command": self.shell(), "aipp": self.aipp,
+                "aipp_config": self.aipp_conf.name if self.aipp_conf is not None else None}
 
 
 def parse_gears(value: Any, what: str) -> list[int]:
@@ -203,7 +222,7 @@ def plan_atc(onnx_path: Path, spec: ModelSpec, out: Path, extra: dict[str, Any],
         InputError: an option is invalid (unknown key, bad precision mode, bad gears, both kinds of gears,
             no SoC known).
     """
-    known = {"soc", "precision_mode", "dynamic_batch", "dynamic_hw", "output_type", "log", "atc", "atc_args"}
+    known = {"soc", "precision_mode", "dynamic_batch", "dynamic_hw", "output_type", "log", "atc", "atc_args", "aipp"}
     unknown = sorted(set(extra) - known)
     if unknown:
         raise InputError(f"unknown om option(s) {unknown}; valid: {', '.join(sorted(known))}")
@@ -238,13 +257,34 @@ def plan_atc(onnx_path: Path, spec: ModelSpec, out: Path, extra: dict[str, Any],
                          "(or Ascend310, Ascend310B1, Ascend910B3 ...; see 'npu-smi info' on the target)")
     args = extra.get("atc_args") or []
     args = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
-    return AtcPlan(keep_onnx or onnx_path, out, name, (n, int(c), int(h), int(w)), str(soc), dyn_batch, dyn_hw,
+    plan = AtcPlan(keep_onnx or onnx_path, out, name, (n, int(c), int(h), int(w)), str(soc), dyn_batch, dyn_hw,
                    precision, output_type, log, str(extra.get("atc") or "atc"), args)
+    if _flag(extra.get("aipp", False), "aipp"):
+        if dyn_hw:
+            raise InputError("aipp: static AIPP fixes the image size; it cannot be combined with dynamic_hw")
+        if int(c) != 3:
+            raise InputError(f"aipp: the model input must have 3 channels (NCHW), got {c}")
+        full = network_spec(onnx_path, spec)
+        plan.aipp = aipp_fields(full, int(h), int(w))
+        plan.aipp_conf = out.with_name(out.stem + "_aipp.cfg")
+        plan.aipp_spec = in_model_spec(full, "aipp", "bgr")
+    return plan
+
+
+def _flag(value: Any, what: str) -> bool:
+    text = str(value).strip().lower()
+    if value is True or text in ("1", "true", "yes", "on"):
+        return True
+    if value is False or value is None or text in ("0", "false", "no", "off", ""):
+        return False
+    raise InputError(f"om option {what} must be true or false, got {value!r}")
+
+
 
 
 def write_sidecar(out: Path, spec: ModelSpec, plan: AtcPlan) -> Path:
     """Write ``<stem>.unideploy.json`` beside the OM: the spec, with what ATC was told under ``extra.om``."""
-    d = spec.to_dict()
+    d = (plan.aipp_spec or spec).to_dict()  # with AIPP: uint8 NHWC BGR input, in_model="aipp"
     d["extra"] = {**d.get("extra", {}), "om": plan.om_info()}
     d["batch"] = None if plan.dynamic_batch else plan.input_shape[0]
     side = sidecar_paths(out)[0]
@@ -272,6 +312,8 @@ def onnx_to_om(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
     kept = out.with_name(out.stem + "_atc.onnx")
     plan = plan_atc(onnx_path, spec, out, dict(opts.extra), batch=opts.batch, dynamic=opts.dynamic, keep_onnx=kept)
     shutil.copyfile(onnx_path, kept)
+    if plan.aipp_conf is not None and plan.aipp is not None:
+        plan.aipp_conf.write_text(aipp_config(plan.aipp) + "\n")
     side = write_sidecar(out, spec, plan)
     exe = shutil.which(plan.atc)
     if exe is None:
@@ -279,6 +321,7 @@ def onnx_to_om(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
             f"'{plan.atc}' (the Ascend Tensor Compiler from the CANN toolkit) is not on PATH here. On the Ascend host, "
             f"after 'source /usr/local/Ascend/ascend-toolkit/set_env.sh', run:\n  {plan.shell()}\n"
             f"then keep {side.name} beside {out.name} (already written to {side})"
+            + (f"; the AIPP config is {plan.aipp_conf}" if plan.aipp_conf is not None else "")
         )
     cmd = plan.command()
     cmd[0] = exe

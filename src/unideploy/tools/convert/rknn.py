@@ -7,8 +7,10 @@ environment, so unideploy never installs or imports it there. It creates (on fir
 (:mod:`unideploy.runtime.backends.rknn_toolkit`, shared with the ``rknn`` backend's simulator).
 ``$UNIDEPLOY_RKNN_PYTHON`` points at an existing interpreter that has rknn-toolkit2 instead.
 
-The model takes uint8 NHWC RGB (the letterboxed image): normalisation (``spec.scale``/``mean``/``std``)
-is baked in with ``config(mean_values=..., std_values=...)``. INT8 calibrates on images passed through the
+The model takes uint8 NHWC in the network's channel order (the letterboxed image): normalisation
+(``spec.scale``/``mean``/``std``, the family's) is baked in with ``config(mean_values=..., std_values=...)``, and the
+sidecar spec says ``in_model="rknn"`` (preprocessing in the model, as OpenVINO's PrePostProcessor and Ascend AIPP;
+see :mod:`unideploy.runtime.backends.in_model`). INT8 calibrates on images passed through the
 model's own letterbox (``--option calib=DIR``, ``calib_count``). The sidecar spec (``<stem>.unideploy.json``)
 records the target, dtype and the ONNX kept beside the model (``<stem>_rknn.onnx``), which the x86
 simulator needs (it cannot run a .rknn file; it rebuilds from the ONNX).
@@ -36,6 +38,7 @@ from typing import Any
 
 from unideploy.core.errors import InputError
 from unideploy.core.spec import ModelSpec, sidecar_paths
+from unideploy.runtime.backends.in_model import in_model_spec, network_spec
 from unideploy.runtime.backends.rknn_toolkit import (
     DISABLE_RULES, ToolkitWorker, calibration_set, rknn_config, toolkit_python,
 )
@@ -90,7 +93,8 @@ def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
     kept = out.with_name(out.stem + "_rknn.onnx")
     shutil.copyfile(onnx_path, kept)
     python = toolkit_python(install=str(extra.get("install", "")).lower() in ("1", "true", "yes"))
-    mean, std = rknn_config(spec)
+    full = network_spec(kept, spec)  # the family's colour order, scale, mean/std: what goes into the model
+    mean, std = rknn_config(full)
     rules = extra.get("disable_rules", ",".join(DISABLE_RULES))
     rules = [r.strip() for r in str(rules).split(",") if r.strip() and r.strip().lower() != "none"]
     split = split_outputs(kept) if dtype == "int8" else None
@@ -108,8 +112,8 @@ def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
                        outputs=split[0] if split else None)
     finally:
         worker.close()
-    d = spec.to_dict()
-    d.update(layout="nhwc", input_dtype="uint8", batch=1)
+    d = in_model_spec(full, "rknn", full.channel_order).to_dict()  # uint8 NHWC in the network's channel order
+    d.update(batch=1)
     d["extra"] = {**d.get("extra", {}), "rknn": {"target": target, "dtype": dtype, "onnx": kept.name, "mean": mean,
                                                   "std": std, "quantized_algorithm": extra.get("quantized_algorithm", "normal"),
                                                   "calib": str(calib) if calib else None, "disable_rules": rules,

@@ -105,8 +105,8 @@ class InferSession:
         self._freed = False
         self._exec: list[float] = []
         om = self._om
-        in_dt = dtype.float32
-        self._in = [TensorDesc(om.input_name, in_dt, om.input_shape, 4, om.max_input)]
+        in_dt = _NP_TO_DTYPE[om.input_dtype]  # uint8 NHWC for an OM built with AIPP
+        self._in = [TensorDesc(om.input_name, in_dt, om.input_shape, om.input_dtype.itemsize, om.max_input)]
         out_dt = _NP_TO_DTYPE[om.output_dtype]
         self._out = [TensorDesc(n, out_dt, s, om.output_dtype.itemsize, m)
                      for n, s, m in zip(om.output_names, om.output_shapes, om.max_output_shapes)]
@@ -144,8 +144,8 @@ class InferSession:
         if len(arrays) != len(self._in):
             raise RuntimeError("input datas and intensors nums not matched!")
         om, desc, x = self._om, self._in[0], arrays[0]
-        if x.dtype != np.float32:
-            raise RuntimeError(f"input {desc.name} expects float32 data, got {x.dtype} (size mismatch)")
+        if x.dtype != om.input_dtype:
+            raise RuntimeError(f"input {desc.name} expects {om.input_dtype} data, got {x.dtype} (size mismatch)")
         if mode == "static":
             if om.mode != "static" or list(x.shape) != desc.shape:
                 raise RuntimeError(f"check input size failed: {list(x.shape)} vs model {desc.shape} (static)")

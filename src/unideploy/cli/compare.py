@@ -45,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="absolute tolerance (default by compute precision: 1e-3 fp32, 1e-2 fp16, 5e-2 bf16)")
     g.add_argument("--rtol", type=non_negative_float, default=None,
                    help="relative tolerance (default by compute precision: 1e-3 fp32, 1e-2 fp16, 5e-2 bf16)")
-    g.add_argument("--max-fail-pct", type=non_negative_float, default=0.1,
-                   help="most elements allowed outside atol + rtol*|ref|, in percent (default 0.1)")
+    g.add_argument("--max-fail-pct", type=non_negative_float, default=None,
+                   help="most elements allowed outside atol + rtol*|ref|, in percent (default 0.1; 0.5 int8)")
     g.add_argument("--min-cosine", type=fraction, default=0.999, help="lowest per-image cosine similarity (default 0.999)")
     t = p.add_argument_group("task-level settings and thresholds")
     t.add_argument("--conf", type=fraction, default=0.25, help="confidence threshold of the detections (default 0.25)")
@@ -57,12 +57,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="most reference boxes allowed unmatched in the candidate (default 0.05)")
     t.add_argument("--max-extra-frac", type=fraction, default=0.05,
                    help="most candidate boxes allowed unmatched in the reference (default 0.05)")
-    t.add_argument("--max-score-delta", type=non_negative_float, default=0.1,
-                   help="largest score change of a matched box (default 0.1)")
-    t.add_argument("--max-shift-px", type=non_negative_float, default=4.0,
-                   help="largest box-corner shift of a matched box, original-image pixels (default 4)")
+    t.add_argument("--max-score-delta", type=non_negative_float, default=None,
+                   help="largest score change of a matched box (default 0.1; 0.25 int8)")
+    t.add_argument("--max-shift-px", type=non_negative_float, default=None,
+                   help="largest box-corner shift of a matched box, original-image pixels (default 4; 16 int8)")
     t.add_argument("--min-top1", type=fraction, default=0.99, help="lowest top-1 agreement of classifiers (default 0.99)")
     t.add_argument("--max-prob-delta", type=non_negative_float, default=0.1, help="largest class-probability change (default 0.1)")
+    t.add_argument("--min-mask-iou", type=fraction, default=None,
+                   help="segmentation: lowest mean mask IoU of matched instances (default 0.95)")
+    t.add_argument("--min-mask-iou-p5", type=fraction, default=None,
+                   help="segmentation: lowest 5th percentile of the matched instances' mask IoU (default 0.8)")
+    t.add_argument("--max-kpt-px", type=non_negative_float, default=None,
+                   help="pose: largest keypoint displacement of a matched instance, pixels (default 4)")
+    t.add_argument("--min-oks", type=fraction, default=None, help="pose: lowest mean OKS of matched instances (default 0.95)")
+    t.add_argument("--min-rotated-iou", type=fraction, default=None,
+                   help="obb: lowest mean rotated-box IoU of matched instances (default 0.95)")
+    t.add_argument("--max-angle-deg", type=non_negative_float, default=None,
+                   help="obb: largest rotation difference of a matched box, degrees (default 3)")
     p.add_argument("--layers", action="store_true",
                    help="ONNX models: compare every intermediate tensor and name the first diverging layer")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -116,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
     limits = {"atol": args.atol, "rtol": args.rtol, "max_fail_pct": args.max_fail_pct, "min_cosine": args.min_cosine,
               "max_missed_frac": args.max_missed_frac, "max_extra_frac": args.max_extra_frac,
               "max_score_delta": args.max_score_delta, "max_shift_px": args.max_shift_px,
-              "min_top1_agreement": args.min_top1, "max_prob_delta": args.max_prob_delta}
+              "min_top1_agreement": args.min_top1, "max_prob_delta": args.max_prob_delta,
+              "min_mask_iou": args.min_mask_iou, "min_mask_iou_p5": args.min_mask_iou_p5,
+              "max_kpt_px": args.max_kpt_px, "min_oks": args.min_oks, "min_rotated_iou": args.min_rotated_iou,
+              "max_angle_deg": args.max_angle_deg}
     options = parse_options(args.option, "--option")
     if args.imgsz:
         options["imgsz"] = args.imgsz

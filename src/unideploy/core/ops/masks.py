@@ -9,7 +9,8 @@ and one mask is ``Ay[y1:y2] @ logits @ Ax[x1:x2].T`` evaluated only inside its b
 rounding) at a fraction of the cost of upsampling every mask to the full image.
 
 :func:`encode_rle` writes COCO's compressed RLE strings (the ``counts`` pycocotools' ``encode`` gives) without
-pycocotools; :func:`mask_to_polygon` gives the outline Ultralytics writes to its ``.txt`` labels.
+pycocotools; :func:`mask_to_polygon` gives the outline Ultralytics writes to its ``.txt`` labels (``masks2segments``: all contours
+joined into one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 __all__ = ["assemble_masks", "bilinear_matrix", "decode_rle", "encode_rle", "mask_to_polygon", "mask_iou",
-           "proto_resample_matrices"]
+           "merge_contours", "proto_resample_matrices"]
 
 
 def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -175,12 +176,63 @@ def decode_rle(rle: dict) -> np.ndarray:
     return flat.reshape((w, h)).T
 
 
-def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
-    """The outline (K, 2) float32 of the largest external contour of a (H, W) mask ((0, 2) when empty)."""
+def _closest_pair(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """Indices (i, j) of the closest points a[i], b[j] of two (K, 2) outlines."""
+    d = ((a[:, None, :].astype(np.float64) - b[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    return int(i), int(j)
+
+
+def merge_contours(contours: list[np.ndarray]) -> np.ndarray:
+    """One outline (K, 2) through several (K_i, 2) outlines, joined where consecutive ones come closest.
+
+    The path Ultralytics' ``merge_multi_segment`` draws: each outline is entered at its point closest to the
+    previous outline and left at its point closest to the next; the path goes forward through every outline (the
+    first and last whole, each middle one from its entry to its exit point) and then back through the middle
+    outlines' remaining arcs, so the joins are thin there-and-back lines.
+
+    Example:
+        >>> a = np.array([[0, 0], [2, 0], [2, 2], [0, 2]]); b = a + [5, 0]
+        >>> merge_contours([a, b]).tolist()
+        [[2, 0], [2, 2], [0, 2], [0, 0], [2, 0], [5, 0], [7, 0], [7, 2], [5, 2], [5, 0]]
+    """
+    segs = [np.asarray(c).reshape(-1, 2) for c in contours]
+    n = len(segs)
+    if n == 1:
+        return segs[0]
+    ends: list[list[int]] = [[] for _ in range(n)]  # middle outlines: [entry, exit]; the first/last: one index
+    for i in range(1, n):
+        a, b = _closest_pair(segs[i - 1], segs[i])
+        ends[i - 1].append(a)
+        ends[i].append(b)
+    forward = []
+    for i, idx in enumerate(ends):
+        if len(idx) == 2 and idx[0] > idx[1]:  # walk it the other way so that entry comes before exit
+            idx = ends[i] = [len(segs[i]) - 1 - x for x in idx]
+            segs[i] = segs[i][::-1]
+        seg = np.roll(segs[i], -idx[0], axis=0)
+        segs[i] = np.concatenate([seg, seg[:1]])  # closed, starting at its entry point
+        forward.append(segs[i] if i in (0, n - 1) else segs[i][: idx[1] - idx[0] + 1])
+    back = [segs[i][abs(ends[i][1] - ends[i][0]):] for i in range(n - 2, 0, -1)]
+    return np.concatenate(forward + back)
+
+
+def mask_to_polygon(mask: np.ndarray, strategy: str = "all") -> np.ndarray:
+    """The outline (K, 2) float32 of a (H, W) mask ((0, 2) when empty), as Ultralytics' ``masks2segments``.
+
+    Args:
+        mask: (H, W) mask.
+        strategy: "all" joins every external contour into one outline (:func:`merge_contours`, Ultralytics' default
+            for its ``.txt`` labels); "largest" keeps the contour with the most points.
+    """
+    if strategy not in ("all", "largest"):
+        raise ValueError(f"strategy must be 'all' or 'largest', got {strategy!r}")
     contours = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     if not contours:
         return np.zeros((0, 2), np.float32)
-    return max(contours, key=len).reshape(-1, 2).astype(np.float32)
+    if strategy == "largest" or len(contours) == 1:
+        return max(contours, key=len).reshape(-1, 2).astype(np.float32)
+    return merge_contours([c.reshape(-1, 2) for c in contours]).astype(np.float32)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

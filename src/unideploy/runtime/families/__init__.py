@@ -29,6 +29,7 @@ FAMILIES.register("yolo_seg", "unideploy.runtime.families.yolo_seg:YoloSegAdapte
 FAMILIES.register("yolo_pose", "unideploy.runtime.families.yolo_pose:YoloPoseAdapter")
 FAMILIES.register("yolo_obb", "unideploy.runtime.families.yolo_obb:YoloObbAdapter")
 FAMILIES.register("yolov5", "unideploy.runtime.families.yolov5:Yolov5Adapter")
+FAMILIES.register("yolov5_seg", "unideploy.runtime.families.yolo_seg:Yolov5SegAdapter")
 FAMILIES.register("yolox", "unideploy.runtime.families.yolox:YoloxAdapter")
 FAMILIES.register("rtdetr", "unideploy.runtime.families.rtdetr:RtdetrAdapter")
 FAMILIES.register("nanodet", "unideploy.runtime.families.nanodet:NanodetAdapter")

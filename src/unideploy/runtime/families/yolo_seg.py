@@ -6,6 +6,12 @@ mask coefficients; or end-to-end ``(B, K, 6 + nm)`` x1, y1, x2, y2, score, class
 detector's NMS, boxes mapped back to the image, masks assembled at the image size
 (:func:`unideploy.core.ops.masks.assemble_masks`, its ``process_mask_native``), and instances whose mask is empty
 dropped.
+
+Original YOLOv5-seg (github.com/ultralytics/yolov5 v7.0, ``segment/``) is :class:`Yolov5SegAdapter`: detections
+``(B, 3 x cells, 5 + nc + nm)`` (cx, cy, w, h in input pixels, objectness, class scores, both sigmoid, then the
+mask coefficients) and the same prototypes. Boxes are YOLOv5's NMS (:class:`~unideploy.runtime.families.yolov5.
+Yolov5Adapter`, the coefficient columns set aside as its ``non_max_suppression(nm=32)`` does) and masks are its
+``--retina-masks`` path (``process_mask_native``, the same assembly as above).
 """
 
 from __future__ import annotations
@@ -21,15 +27,25 @@ from unideploy.core.options import PostprocessOptions
 from unideploy.core.results import Masks, Segmentations
 from unideploy.core.spec import ModelSpec
 from unideploy.runtime.backends.base import TensorInfo
+from unideploy.runtime.families.base import count_cells
 from unideploy.runtime.families.yolo import YoloAdapter, end2end_rows, yolo_nms
+from unideploy.runtime.families.yolov5 import ANCHORS_PER_CELL, STRIDE_SETS, Yolov5Adapter
 
-__all__ = ["YoloSegAdapter"]
+__all__ = ["YoloSegAdapter", "Yolov5SegAdapter"]
 
 
 def _split(outputs: Sequence[TensorInfo]) -> tuple[TensorInfo | None, TensorInfo | None]:
     preds = [o for o in outputs if len(o.shape) == 3]
     protos = [o for o in outputs if len(o.shape) == 4]
     return (preds[0] if len(preds) == 1 else None), (protos[0] if len(protos) == 1 else None)
+
+
+def _v5_layout(spec: ModelSpec, pred: TensorInfo, nm: int) -> bool:
+    """``pred`` is YOLOv5-seg's (B, 3 x cells, 5 + nc + nm): one row per anchor of strides 8-32 (or 8-64)."""
+    n, c = pred.shape[1], pred.shape[2]
+    if n is None or c is None or c <= 5 + nm or (spec.num_classes and c != 5 + spec.num_classes + nm):
+        return False
+    return any(n == ANCHORS_PER_CELL * count_cells(spec.imgsz, s) for s in STRIDE_SETS)
 
 
 class YoloSegAdapter(YoloAdapter):
@@ -54,6 +70,8 @@ class YoloSegAdapter(YoloAdapter):
         if pred is None or proto is None or proto.shape[1] is None:
             return False
         nm, c, k = proto.shape[1], pred.shape[1], pred.shape[2]
+        if _v5_layout(spec, pred, nm):
+            return False  # YOLOv5-seg: Yolov5SegAdapter
         if spec.end2end or (k is not None and k == 6 + nm and c != k):
             return True
         return c is not None and c > 4 + nm and (not spec.num_classes or c == 4 + spec.num_classes + nm)
@@ -89,7 +107,52 @@ class YoloSegAdapter(YoloAdapter):
                 coeffs = pred[4 + nc: 4 + nc + nm, idx].T
             unletterbox_boxes(boxes, info)
             masks = assemble_masks(pr, coeffs, boxes, info.orig_shape, ratio)
-            keep = masks.reshape(len(masks), -1).any(1)  # Ultralytics drops instances whose mask is empty
+            keep = masks.any(axis=(1, 2))  # Ultralytics drops instances whose mask is empty (N = 0 too)
+            results.append(Segmentations(boxes[keep], scores[keep], cls[keep], self.spec.names, info.orig_shape,
+                                         masks=Masks(masks[keep])))
+        return results
+
+
+class Yolov5SegAdapter(Yolov5Adapter):
+    """Original YOLOv5-seg (v7.0): ``(B, 3 x cells, 5 + nc + nm)`` + prototypes -> masks at the image size.
+
+    Example:
+        >>> import unideploy
+        >>> with unideploy.load("yolov5s-seg.onnx", family="yolov5_seg") as p:  # doctest: +SKIP
+        ...     seg = p("bus.jpg"); seg.masks.data.shape
+    """
+
+    name = "yolov5_seg"
+    task = "segment"
+    layout = "(B, 3 x cells of strides 8-32 or 8-64, 5+nc+nm) + prototypes (B, nm, H/4, W/4)"
+
+    @classmethod
+    def matches(cls, spec: ModelSpec, outputs: Sequence[TensorInfo]) -> bool:
+        if spec.task not in ("segment", "detect") or len(outputs) != 2:
+            return False
+        pred, proto = _split(outputs)
+        return pred is not None and proto is not None and proto.shape[1] is not None and _v5_layout(
+            spec, pred, proto.shape[1])
+
+    def postprocess(self, outputs: list[np.ndarray], infos: list[LetterboxInfo],
+                    options: PostprocessOptions | None = None) -> list[Segmentations]:
+        o = self.resolve_options(options)
+        preds = [x for x in outputs if x.ndim == 3]
+        protos = [x for x in outputs if x.ndim == 4]
+        if len(preds) != 1 or len(protos) != 1:
+            raise ModelError(f"YOLOv5-seg model: expected one (B, N, 5+nc+nm) output and one (B, nm, h, w) prototype "
+                             f"output, got shapes {[tuple(x.shape) for x in outputs]}")
+        out, proto = np.asarray(preds[0], np.float32), np.asarray(protos[0], np.float32)
+        nm = proto.shape[1]
+        ratio = max(1, round(self.spec.imgsz[0] / proto.shape[2]))  # type: ignore[index]
+        results = []
+        for pred, pr, info in zip(out, proto, infos):
+            boxes, scores, cls, idx = self._nms(pred[:, :-nm], o.conf, o.iou, o.max_det, o.agnostic, o.classes,
+                                                return_rows=True)
+            coeffs = pred[idx, -nm:]
+            unletterbox_boxes(boxes, info)
+            masks = assemble_masks(pr, coeffs, boxes, info.orig_shape, ratio)
+            keep = masks.any(axis=(1, 2))  # as YOLOv5 / Ultralytics: an instance whose mask is empty is dropped
             results.append(Segmentations(boxes[keep], scores[keep], cls[keep], self.spec.names, info.orig_shape,
                                          masks=Masks(masks[keep])))
         return results

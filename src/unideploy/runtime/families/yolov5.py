@@ -87,19 +87,23 @@ class Yolov5Adapter(Adapter):
         return results
 
     def _nms(self, pred: np.ndarray, conf: float, iou: float, max_det: int, agnostic: bool,
-             classes: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = pred[pred[:, 4] > conf]  # objectness candidates
+             classes: Sequence[int] | None, return_rows: bool = False) -> tuple[np.ndarray, ...]:
+        """(boxes, scores, classes) kept, and with ``return_rows`` their row indices into ``pred`` (YOLOv5-seg)."""
+        rows = np.flatnonzero(pred[:, 4] > conf)  # objectness candidates
+        x = pred[rows]
         cls_scores = x[:, 5:] * x[:, 4:5]
         cls = cls_scores.argmax(1) if len(x) else np.zeros(0, np.int64)
         scores = cls_scores[np.arange(len(x)), cls] if len(x) else np.zeros(0, np.float32)
         keep = scores > conf
         if classes is not None:
             keep &= np.isin(cls, classes)
-        x, scores, cls = x[keep], scores[keep], cls[keep]
+        x, scores, cls, rows = x[keep], scores[keep], cls[keep], rows[keep]
         if not len(x):
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+            empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+            return (*empty, np.zeros(0, np.int64)) if return_rows else empty
         order = np.argsort(-scores, kind="stable")[:MAX_NMS]
-        boxes, scores, cls = cxcywh_to_xyxy(x[order, :4]), scores[order], cls[order]
+        boxes, scores, cls, rows = cxcywh_to_xyxy(x[order, :4]), scores[order], cls[order], rows[order]
         offset = (cls.astype(np.float32) * (0 if agnostic else MAX_WH))[:, None]
         k = nms(boxes + offset, scores, iou, max_keep=max_det)
-        return boxes[k], scores[k], cls[k].astype(np.int64)
+        kept = (boxes[k], scores[k], cls[k].astype(np.int64))
+        return (*kept, rows[k]) if return_rows else kept

@@ -88,8 +88,8 @@ def compare(
             :func:`unideploy.load`).
         thresholds: pass/fail limits, used as given; or give single limits as keywords (``atol=0.05``,
             ``max_shift_px=8``). Without ``thresholds`` the tensor-level atol / rtol follow the precision the looser
-            side computes in (fp32 1e-3, fp16 1e-2, bf16 5e-2: OpenVINO's bf16 on CPUs with native bf16), and the
-            keywords override them.
+            side computes in (fp32 1e-3, fp16 1e-2, bf16 5e-2: OpenVINO's bf16 on CPUs with native bf16; int8 0.1
+            with looser fail %, score and shift limits, see ``result.TENSOR_LIMITS``), and the keywords override them.
         layers: also locate the first diverging intermediate tensor (ONNX models; needs the ``onnx`` package).
         worst: how many worst images to list.
         options: keyword arguments for :func:`unideploy.load` of both sides (``imgsz``, ``threads``, ...);

@@ -197,6 +197,7 @@ class DetectionAccumulator:
         self._shift: list[np.ndarray] = []
         self._delta: list[np.ndarray] = []
         self._iou: list[np.ndarray] = []
+        self.last_pairs = np.zeros((0, 2), np.int64)
 
     def update(self, name: str, ref: Detections, cand: Detections) -> ImageDiff:
         """Compare one image's detections; returns its differences."""
@@ -206,6 +207,7 @@ class DetectionAccumulator:
         if len(pairs):  # a pair counts when at least one side is above the threshold
             pairs = pairs[r_above[pairs[:, 0]] | c_above[pairs[:, 1]]]
         pr, pc = r_above[pairs[:, 0]], c_above[pairs[:, 1]]
+        self.last_pairs = pairs  # the pairs counted for this image, for the task level (masks, keypoints, ...)
         missed = un_ref[r_above[un_ref]]
         extra = un_cand[c_above[un_cand]]
         diff = ImageDiff(name, int(r_above.sum()), int(c_above.sum()), int((pr & pc).sum()), int((pr & ~pc).sum()),

@@ -81,6 +81,17 @@ def format_report(r: Any) -> str:
                 [[w.name, str(w.ref_boxes), str(w.cand_boxes), str(w.matched), f"{w.crossed_down}/{w.crossed_up}",
                   str(w.missed), str(w.extra),
                   _g(w.max_shift_px), _g(w.max_score_delta)] for w in d.worst], indent="    ")
+    t = getattr(r, "instances", None)
+    if t is not None and t.kind and t.pairs:
+        lines.append("")
+        heads = {"segment": (["pairs", "mask IoU mean", "mask IoU p5", "mask IoU min"],
+                             [t.mask_iou_mean, t.mask_iou_p5, t.mask_iou_min]),
+                 "pose": (["pairs", "kpt px mean", "kpt px max", "OKS mean", "OKS min"],
+                          [t.kpt_px_mean, t.kpt_px_max, t.oks_mean, t.oks_min]),
+                 "obb": (["pairs", "rot IoU mean", "rot IoU min", "angle deg mean", "angle deg max"],
+                         [t.rotated_iou_mean, t.rotated_iou_min, t.angle_deg_mean, t.angle_deg_max])}[t.kind]
+        lines.append(f"{t.kind} level (the matched instances' {'masks' if t.kind == 'segment' else 'keypoints' if t.kind == 'pose' else 'rotated boxes'})")
+        lines += render_table(heads[0], [[str(t.pairs)] + ["-" if v is None else _g(v, 4) for v in heads[1]]])
     c = r.classification
     if c is not None:
         lines.append("")

@@ -17,26 +17,25 @@ from unideploy.core.results import Classifications, Detections
 from unideploy.tools.compare.classification import ClassificationAccumulator
 from unideploy.tools.compare.detections import DetectionAccumulator
 from unideploy.tools.compare.result import Check, CompareResult, Thresholds, threshold_check
+from unideploy.tools.compare.task_level import TaskAccumulator
 from unideploy.tools.compare.tensors import TensorAccumulator, pair_outputs
 
 __all__ = ["Comparison", "computes_in", "looser_precision", "run_comparison"]
 
 
-#: precisions from tightest to loosest (int8 models are not loosened here: give limits for them)
-_LOOSENESS = ("fp32", "fp16", "bf16")
+#: precisions from tightest to loosest (int8: a model whose metadata says so, as ``unideploy quantize`` writes)
+_LOOSENESS = ("fp32", "fp16", "bf16", "int8")
 
 
 def computes_in(p: Any) -> str:
-    """What an open predictor computes float layers in: the runtime's own choice where it says (OpenVINO's
-    bf16 / f16 hint), else the model file's fp16, else fp32."""
+    """What an open predictor computes in: the looser of the runtime's own choice where it says (OpenVINO's bf16 /
+    f16 hint) and the model file's precision (fp16, or int8 for a quantised model), else fp32."""
     from unideploy.core.precision import PRECISIONS
 
     chosen = PRECISIONS.get(str(p.session.compute_precision() or "").lower())
     stored = PRECISIONS.get(str(p.spec.extra.get("precision") or "").lower())
-    for name in (chosen, stored):
-        if name in _LOOSENESS:
-            return name
-    return "fp32"
+    known = [name for name in (chosen, stored) if name in _LOOSENESS]
+    return max(known, key=_LOOSENESS.index) if known else "fp32"
 
 
 def looser_precision(*predictors: Any) -> str:
@@ -107,6 +106,7 @@ class Comparison:
         self.own_encoding = False  # the candidate takes the same letterboxed image in its own encoding (e.g. RKNN)
         self.det_acc = DetectionAccumulator(conf, iou, conf - conf_low, worst)
         self.cls_acc = ClassificationAccumulator()
+        self.inst_acc = TaskAccumulator()
         self.unknown_result: str | None = None
         self.preprocess_differs = 0
         self.at_max_det = 0
@@ -204,12 +204,21 @@ class Comparison:
     def _update_task(self, name: str, r: Any, c: Any) -> None:
         if isinstance(r, Detections) and isinstance(c, Detections):
             self.det_acc.update(name, r, c)
+            self.inst_acc.update(r, c, self.det_acc.last_pairs)
             if len(r) >= self.ref_opts.max_det or len(c) >= self.cand_opts.max_det:
                 self.at_max_det += 1
         elif isinstance(r, Classifications) and isinstance(c, Classifications):
             self.cls_acc.update(name, r, c)
         else:
             self.unknown_result = f"task level cannot compare {type(r).__name__} with {type(c).__name__}"
+
+    def _instance_checks(self) -> None:
+        if self.inst_acc.kind is None:
+            return
+        t = self.result.instances = self.inst_acc.result()
+        self.result.checks.extend(_instance_check_list(t, self.th))
+        if not t.pairs:
+            self.result.notes.append(f"no matched {t.kind} instance: masks / keypoints / rotated boxes were not compared")
 
     # -- the verdict ----------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -262,6 +271,7 @@ class Comparison:
             checks.append(threshold_check("detect", "extra_frac", d.extra_frac, "<=", th.max_extra_frac))
             checks.append(threshold_check("detect", "score_delta_max", d.score_delta_max, "<=", th.max_score_delta))
             checks.append(threshold_check("detect", "shift_px_max", d.shift_px_max, "<=", th.max_shift_px))
+            self._instance_checks()
             if not d.ref_boxes:
                 result.notes.append(f"the reference found no box above conf {self.conf} in any image: the detection "
                                     f"level checked nothing but extras (lower --conf or use real images)")
@@ -269,6 +279,17 @@ class Comparison:
             c = result.classification = self.cls_acc.result()
             checks.append(threshold_check("classify", "top1_agreement", c.top1_agreement, ">=", th.min_top1_agreement))
             checks.append(threshold_check("classify", "prob_delta_max", c.prob_delta_max, "<=", th.max_prob_delta))
+
+
+def _instance_check_list(t, th: Thresholds) -> list[Check]:
+    """The checks of the task's own part of matched instances (none when nothing was measured)."""
+    specs = {"segment": [("mask_iou_mean", t.mask_iou_mean, ">=", th.min_mask_iou),
+                         ("mask_iou_p5", t.mask_iou_p5, ">=", th.min_mask_iou_p5)],
+             "pose": [("kpt_px_max", t.kpt_px_max, "<=", th.max_kpt_px), ("oks_mean", t.oks_mean, ">=", th.min_oks)],
+             "obb": [("rotated_iou_mean", t.rotated_iou_mean, ">=", th.min_rotated_iou),
+                     ("angle_deg_max", t.angle_deg_max, "<=", th.max_angle_deg)]}
+    return [threshold_check(t.kind, name, value, op, limit) for name, value, op, limit in specs.get(t.kind, [])
+            if value is not None]
 
 
 def run_comparison(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, data: Any, *, samples: int | None,

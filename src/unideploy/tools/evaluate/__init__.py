@@ -1,5 +1,10 @@
 """Accuracy of a model on a labelled data set: COCO mAP for detectors, top-k for classifiers.
 
+Segmentation, pose and oriented-box models get their task's mAP beside the box mAP: mask mAP (pycocotools
+``iouType="segm"``), keypoint mAP (pycocotools ``iouType="keypoints"``; OKS sigmas from the data.yaml's
+``kpt_oks_sigmas`` or the model's metadata, else COCO's 17 for 17 keypoints and Ultralytics' uniform ``1/K``
+otherwise) and oriented-box mAP as Ultralytics' OBB validator computes it (:mod:`.obb`).
+
 Example:
     >>> from unideploy.tools.evaluate import evaluate
     >>> report = evaluate("model.onnx", "data.yaml", backend="openvino")  # doctest: +SKIP
@@ -10,15 +15,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from unideploy.core.errors import SourceError
 from unideploy.core.progress import progress_bar
 from unideploy.core.sinks import coco_records
 from unideploy.tools.evaluate.datasets import Dataset, load_dataset
+from unideploy.tools.evaluate.labels import TASKS
 from unideploy.tools.evaluate.metrics import coco_map
+from unideploy.tools.evaluate.obb import obb_map
 
-__all__ = ["evaluate", "evaluate_detection", "load_dataset", "coco_map", "Dataset"]
+__all__ = ["evaluate", "evaluate_detection", "load_dataset", "coco_map", "obb_map", "task_metrics", "Dataset"]
+
+#: report key and evaluator of each task's own metric
+TASK_METRICS = {"segment": ("mask", "pycocotools segm"), "pose": ("pose", "pycocotools keypoints (OKS)"),
+                "obb": ("obb", "Ultralytics OBB validator (probiou)")}
 
 
 def _is_class_folder(p: Path) -> bool:
@@ -37,6 +48,7 @@ def evaluate(
     max_det: int = 300,
     progress: bool = False,
     predictions_out: list | None = None,
+    kpt_sigmas: Sequence[float] | None = None,
     **load_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a path or an open :class:`~unideploy.runtime.predictor.Predictor`) on ``data``.
@@ -48,11 +60,14 @@ def evaluate(
         conf, iou, max_det: postprocessing for evaluation (low conf, as Ultralytics val).
         progress: show a progress bar on stderr.
         predictions_out: if a list is given, the COCO-format predictions are appended to it.
+        kpt_sigmas: per-keypoint OKS sigmas of a pose model (default: see the module docstring).
         **load_kwargs: passed to :func:`unideploy.load` when ``model`` is a path (imgsz, batch, family ...).
 
     Returns:
         For detection: {"mAP50-95", "mAP50", "mAP75", "per_class", "images", "skipped", "warnings",
-        "backend", "device", "model", "seconds", "images_per_s"} (metrics in 0..1).
+        "backend", "device", "model", "seconds", "images_per_s"} (metrics in 0..1). The top-level mAP is the box
+        mAP for every task; segmentation, pose and OBB models add "mask", "pose" or "obb": {"mAP50-95", "mAP50",
+        "mAP75", "per_class", "metric"} (and "sigmas" for pose), when the labels carry that task's ground truth.
     """
     from unideploy.runtime.load import load
     from unideploy.runtime.predictor import Predictor
@@ -65,8 +80,11 @@ def evaluate(
             from unideploy.tools.evaluate.classify import evaluate_classification  # provided by the classification adapter work
 
             return evaluate_classification(predictor, data_p, progress=progress)
-        return evaluate_detection(predictor, load_dataset(data_p, images), conf=conf, iou=iou, max_det=max_det,
-                                  progress=progress, predictions_out=predictions_out)
+        task = predictor.task if predictor.task in TASKS else "detect"
+        kpt = predictor.spec.extra.get("kpt_shape") if task == "pose" else None
+        dataset = load_dataset(data_p, images, task=task, kpt_shape=tuple(kpt) if kpt else None)
+        return evaluate_detection(predictor, dataset, conf=conf, iou=iou, max_det=max_det, progress=progress,
+                                  predictions_out=predictions_out, kpt_sigmas=kpt_sigmas)
     finally:
         if own:
             predictor.close()
@@ -82,6 +100,7 @@ def evaluate_detection(
     progress: bool = False,
     predictions_out: list | None = None,
     on_result: Callable[[Any], None] | None = None,
+    kpt_sigmas: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """COCO mAP of an open predictor on a loaded detection data set (see :func:`evaluate`)."""
     if not dataset.samples:
@@ -107,6 +126,12 @@ def evaluate_detection(
         gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep_ids],
               "annotations": [a for a in gt["annotations"] if a["image_id"] in keep_ids]}
     metrics = coco_map(gt, records, max_det=max_det)
+    if dataset.task == getattr(predictor, "task", None) and dataset.task in TASK_METRICS:
+        sigmas = kpt_sigmas if kpt_sigmas is not None else dataset.kpt_sigmas
+        if sigmas is None:
+            sigmas = predictor.spec.extra.get("kpt_oks_sigmas")
+        key, _ = TASK_METRICS[dataset.task]
+        metrics[key] = task_metrics(dataset, gt, records, max_det=max_det, kpt_sigmas=sigmas)
     if predictions_out is not None:
         predictions_out.extend(records)
     n = len(paths) - len(skipped)
@@ -121,3 +146,27 @@ def evaluate_detection(
         "seconds": seconds,
         "images_per_s": n / seconds if seconds > 0 else 0.0,
     }
+
+
+def task_metrics(dataset: Dataset, gt: dict, records: list[dict], *, max_det: int = 300,
+                 kpt_sigmas: Sequence[float] | None = None) -> dict[str, Any]:
+    """The task's own mAP of COCO-format ``records`` against ``gt`` (``dataset.to_coco()``) for a segment, pose or
+    obb ``dataset``: {"mAP50-95", "mAP50", "mAP75", "per_class", "metric"} (+ "sigmas" for pose).
+
+    Raises:
+        InputError: ``kpt_sigmas`` does not have one positive value per keypoint.
+    """
+    from unideploy.core.errors import InputError
+    from unideploy.core.ops.keypoints import keypoint_sigmas
+
+    key, metric = TASK_METRICS[dataset.task]
+    if dataset.task == "segment":
+        return {**coco_map(gt, [r for r in records if "segmentation" in r], max_det, "segm"), "metric": metric}
+    if dataset.task == "obb":
+        return {**obb_map(gt, [r for r in records if "rbox" in r]), "metric": metric}
+    k = (dataset.kpt_shape or (0,))[0]
+    sigmas = keypoint_sigmas(k) if kpt_sigmas is None else [float(v) for v in kpt_sigmas]
+    if len(sigmas) != k or min(sigmas, default=0) <= 0:
+        raise InputError(f"kpt_sigmas must be {k} positive values (one per keypoint), got {list(sigmas)}")
+    out = coco_map(gt, [r for r in records if "keypoints" in r], max_det, "keypoints", kpt_sigmas=sigmas)
+    return {**out, "metric": metric, "sigmas": [round(float(v), 6) for v in sigmas]}

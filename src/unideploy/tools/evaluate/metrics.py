@@ -1,4 +1,5 @@
-"""COCO detection metrics through pycocotools (the reference evaluator), not a re-implementation."""
+"""COCO metrics through pycocotools (the reference evaluator, not a re-implementation) for boxes, masks and
+keypoints; oriented boxes, which pycocotools cannot score, as Ultralytics' OBB validator does (:mod:`.obb`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,28 @@ from typing import Any
 import numpy as np
 
 
-def coco_map(gt: dict, predictions: list[dict], max_det: int = 300) -> dict[str, Any]:
+#: the prediction fields pycocotools' ``loadRes`` reads for each iouType (only these are passed, so that the
+#: segmentation / keypoint branch of ``loadRes`` is the one taken, as for a results file of that type)
+_RESULT_FIELDS = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
+
+
+def _copy_segmentation(a: dict) -> dict:
+    """A copy pycocotools may rewrite (its segm evaluation replaces ``segmentation`` by RLE with bytes counts)."""
+    seg = a.get("segmentation")
+    return {**a, "segmentation": dict(seg)} if isinstance(seg, dict) else {**a}
+
+
+def coco_map(gt: dict, predictions: list[dict], max_det: int = 300, iou_type: str = "bbox",
+             kpt_sigmas: Any = None) -> dict[str, Any]:
     """mAP50-95, mAP50, mAP75 and per-class AP50-95 / AP50 of COCO-format predictions.
 
-    ``maxDets`` is raised from COCO's 100 to ``max_det`` (Ultralytics' default 300) so that low-confidence
-    evaluation keeps the same boxes as Ultralytics ``val``.
+    ``maxDets`` is raised from COCO's 100 (20 for keypoints) to ``max_det`` (Ultralytics' default 300) so that
+    low-confidence evaluation keeps the same instances as Ultralytics ``val``.
+
+    Args:
+        gt: COCO ground truth (with ``segmentation`` for "segm", ``keypoints`` + ``num_keypoints`` for "keypoints").
+        predictions: COCO results records. iou_type: "bbox", "segm" or "keypoints".
+        kpt_sigmas: per-keypoint OKS sigmas for "keypoints" (default: pycocotools' 17 COCO sigmas).
 
     Example:
         >>> gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "a"}],
@@ -24,6 +42,9 @@ def coco_map(gt: dict, predictions: list[dict], max_det: int = 300) -> dict[str,
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    if iou_type not in _RESULT_FIELDS:
+        raise ValueError(f"iou_type must be one of {', '.join(_RESULT_FIELDS)}, got {iou_type!r}")
+
     names = {c["id"]: c["name"] for c in gt["categories"]}
     empty = {"mAP50-95": 0.0, "mAP50": 0.0, "mAP75": 0.0,
              "per_class": {n: {"AP50-95": 0.0, "AP50": 0.0} for n in names.values()}}
@@ -31,14 +52,17 @@ def coco_map(gt: dict, predictions: list[dict], max_det: int = 300) -> dict[str,
         return empty
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = {**gt, "annotations": gt["annotations"]}
+        coco_gt.dataset = {**gt, "annotations": [_copy_segmentation(a) for a in gt["annotations"]]}
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([{k: p[k] for k in ("image_id", "category_id", "bbox", "score")} for p in predictions])
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.maxDets = [1, 10, max_det]
+        keys = ("image_id", "category_id", _RESULT_FIELDS[iou_type], "score")
+        # copies: pycocotools rewrites the segmentation of what it is given (RLE counts become bytes)
+        coco_dt = coco_gt.loadRes([_copy_segmentation({k: p[k] for k in keys}) for p in predictions])
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.maxDets = [max_det] if iou_type == "keypoints" else [1, 10, max_det]
+        if iou_type == "keypoints" and kpt_sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(kpt_sigmas, np.float64)
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
     prec = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]; -1 = no ground truth
 
     def mean_valid(p: np.ndarray) -> float:

@@ -95,17 +95,18 @@ def shape_polygon(cls: int, r: float, theta: float) -> np.ndarray | None:
     raise ValueError(name)
 
 
-def shape_bounds(cls: int, r: float, theta: float, cx: float, cy: float):
-    pts = shape_polygon(cls, r, theta)
+def shape_bounds(cls: int, r: float, theta: float, cx: float, cy: float, pts=False):
+    """Axis-aligned bounds of the exact shape; ``pts`` (relative vertices, None = circle) overrides ``cls``."""
+    pts = shape_polygon(cls, r, theta) if pts is False else pts
     if pts is None:
         return cx - r, cy - r, cx + r, cy + r
     return cx + pts[:, 0].min(), cy + pts[:, 1].min(), cx + pts[:, 0].max(), cy + pts[:, 1].max()
 
 
-def shape_alpha(cls: int, r: float, theta: float, cx: float, cy: float, h: int, w: int) -> np.ndarray:
-    """Anti-aliased float32 coverage mask (0..1) of the shape."""
+def shape_alpha(cls: int, r: float, theta: float, cx: float, cy: float, h: int, w: int, pts=False) -> np.ndarray:
+    """Anti-aliased float32 coverage mask (0..1) of the shape; ``pts`` as in :func:`shape_bounds`."""
     m = np.zeros((h, w), np.uint8)
-    pts = shape_polygon(cls, r, theta)
+    pts = shape_polygon(cls, r, theta) if pts is False else pts
     if pts is None:
         cv2.circle(m, (int(round(cx * SCALE)), int(round(cy * SCALE))), int(round(r * SCALE)), 255, -1,
                    cv2.LINE_AA, SHIFT)
@@ -193,9 +194,26 @@ def _contrasting_colour(rng: np.random.Generator, local: np.ndarray) -> np.ndarr
 
 
 # --------------------------------------------------------------------------- one image
-def make_image(seed: int, split: str, index: int):
-    """Return (bgr image uint8, [(cls, x0, y0, x1, y1), ...], jpeg quality)."""
-    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+def detect_sampler(rng: np.random.Generator, r_min: float, r_max: float, w: int, h: int) -> dict:
+    """One random object of the detection set: class, size, rotation, centre and exact vertices."""
+    cls = int(rng.integers(0, len(CLASS_NAMES)))
+    r = float(math.exp(rng.uniform(math.log(r_min), math.log(r_max))))
+    theta = float(rng.uniform(0, 2 * math.pi))
+    cx, cy = float(rng.uniform(-0.2 * r, w + 0.2 * r)), float(rng.uniform(-0.2 * r, h + 0.2 * r))
+    return {"cls": cls, "r": r, "theta": theta, "cx": cx, "cy": cy, "pts": shape_polygon(cls, r, theta)}
+
+
+def make_image(seed: int, split: str, index: int, sampler=detect_sampler, stream: tuple = (),
+               min_inside: float = MIN_INSIDE, return_objects: bool = False):
+    """Return (bgr image uint8, [(cls, x0, y0, x1, y1), ...], jpeg quality).
+
+    ``sampler(rng, r_min, r_max, w, h)`` draws one candidate object (a dict with ``cls``, ``r``, ``theta``,
+    ``cx``, ``cy`` and ``pts``, the exact vertices relative to the centre or None for a circle); ``stream``
+    is appended to the RNG seed so other tasks get their own images.  With ``return_objects`` the placed
+    objects (their geometry, ``alpha`` coverage and ``vis`` coverage left after later objects) come fourth.
+    The defaults give the detection set, byte for byte.
+    """
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index, *stream])
     long_side = int(rng.integers(400, MAX_SIDE + 1))
     short_side = int(rng.integers(MIN_SIDE, long_side + 1))
     w, h = (long_side, short_side) if rng.random() < 0.55 else (short_side, long_side)
@@ -211,20 +229,18 @@ def make_image(seed: int, split: str, index: int):
     for _ in range(n_target * 8):
         if len(objs) >= n_target:
             break
-        cls = int(rng.integers(0, len(CLASS_NAMES)))
-        r = float(math.exp(rng.uniform(math.log(r_min), math.log(r_max))))
-        theta = float(rng.uniform(0, 2 * math.pi))
-        cx, cy = float(rng.uniform(-0.2 * r, w + 0.2 * r)), float(rng.uniform(-0.2 * r, h + 0.2 * r))
-        x0, y0, x1, y1 = shape_bounds(cls, r, theta, cx, cy)
+        cand = sampler(rng, r_min, r_max, w, h)
+        cls, r, theta, cx, cy, pts = (cand[k] for k in ("cls", "r", "theta", "cx", "cy", "pts"))
+        x0, y0, x1, y1 = shape_bounds(cls, r, theta, cx, cy, pts)
         box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h)))
         if box[2] - box[0] < 4 or box[3] - box[1] < 4:
             continue
         # full (unclipped) area analytically via a mask on a padded canvas
         pad = int(math.ceil(r)) + 2
-        full = shape_alpha(cls, r, theta, cx + pad, cy + pad, h + 2 * pad, w + 2 * pad)
+        full = shape_alpha(cls, r, theta, cx + pad, cy + pad, h + 2 * pad, w + 2 * pad, pts)
         alpha = full[pad:pad + h, pad:pad + w]
         area_full, area_in = float(full.sum()), float(alpha.sum())
-        if area_full <= 0 or area_in / area_full < MIN_INSIDE:
+        if area_full <= 0 or area_in / area_full < min_inside:
             continue
         if any(box_iou(box, o["box"]) > MAX_BOX_IOU for o in objs):
             continue
@@ -239,8 +255,7 @@ def make_image(seed: int, split: str, index: int):
             continue
         for o in objs:
             o["vis"] = o["vis"] * (1 - alpha)
-        objs.append({"cls": cls, "box": box, "vis": alpha.copy(), "area": area_full,
-                     "r": r, "theta": theta, "cx": cx, "cy": cy, "alpha": alpha})
+        objs.append({**cand, "box": box, "vis": alpha.copy(), "area": area_full, "alpha": alpha})
         occ = np.maximum(occ, alpha)
 
     # paint objects in placement order (later ones on top)
@@ -276,6 +291,8 @@ def make_image(seed: int, split: str, index: int):
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     quality = int(rng.integers(55, 86))
     boxes = [(o["cls"], *o["box"]) for o in objs]
+    if return_objects:
+        return img, boxes, quality, objs
     return img, boxes, quality
 
 

@@ -129,13 +129,20 @@ def run_demo(
     data: str | Path | None = None,
     backends: list[str] | None = None,
     log: Callable[[str], None] = print,
+    tasks: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo and write its report into ``out``; returns the report dict."""
+    """Run the demo and write its report into ``out``; returns the report dict.
+
+    With ``tasks`` (the default) the bundled segmentation, pose and oriented-box models add one row each
+    (``report["tasks"]``, :mod:`unideploy.apps.demo_tasks`) and ``tasks_grid.png``.
+    """
     from unideploy.tools.bench.discover import model_size_bytes
     from unideploy.tools.evaluate import evaluate_detection, load_dataset
     from unideploy.runtime.load import load
     from unideploy.core.sinks import atomic_write_json, atomic_write_text
     from unideploy.tools.predict import predict
+    from unideploy.apps.demo_tasks import run_task_rows, task_grid, task_markdown, task_table
+    from unideploy.apps.demo_track import run_demo_tracking, tracking_markdown
 
     model = Path(model) if model else DEMO_MODEL
     data = Path(data) if data else DEMO_DATA
@@ -163,17 +170,24 @@ def run_demo(
     table = format_table(rows)
     print(table)
     int8_check = _int8_vs_fp32(rows, images, log)
+    task_rows = run_task_rows(out, backend=rows[0].backend, log=log) if tasks else []
+    if task_rows:
+        print(task_table(task_rows))
     report = {
         "model": str(model.resolve()), "data": str(data.resolve()), "rows": [asdict(r) for r in rows],
         "machine": {"system": platform.platform(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "versions": _versions(),
         "int8_vs_fp32": int8_check,
+        "tasks": task_rows,  # apps/demo_tasks.py: the -seg/-pose/-obb demo models
+        "tracking": run_demo_tracking(out, model=model, log=log),  # apps/demo_track.py: clip -> tracks -> HOTA
     }
     atomic_write_json(out / "report.json", report)
     chart = _bar_chart(rows, out / "speed_accuracy.png", log)
     grid = _grid(out / f"{rows[0].backend}-{rows[0].precision}" / "images", out / "predictions_grid.png")
-    atomic_write_text(out / "report.md", _markdown(rows, table, chart, grid, model, data, int8_check))
+    atomic_write_text(out / "report.md", _markdown(rows, table, chart, grid, model, data, int8_check)
+                      + tracking_markdown(report["tracking"])
+                      + "\n".join(["", *task_markdown(task_rows, task_grid(task_rows, out / "tasks_grid.png"))]))
     log(f"report: {out / 'report.md'}")
     return report
 

@@ -128,7 +128,8 @@ class Model(Stage):
         return f"{task} model {Path(str(self.model)).name}"
 
     def output_type(self, in_types: list[str]) -> str:
-        base = DETECTIONS if self.task == "detect" else CLASSIFICATION
+        # segment / pose / obb results are Detections too (masks, keypoints, rotated boxes ride along)
+        base = CLASSIFICATION if self.task == "classify" else DETECTIONS
         if in_types == [IMAGE]:
             return base
         if in_types == [CROPS]:

@@ -16,12 +16,23 @@ joined into one).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 __all__ = ["assemble_masks", "bilinear_matrix", "decode_rle", "encode_rle", "mask_to_polygon", "mask_iou",
            "merge_contours", "proto_resample_matrices"]
+
+
+def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two source indices and the second one's weight of each output of a 1-D bilinear resampling with
+    half-pixel centres (``align_corners=False``)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
 
 
 def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -32,11 +43,7 @@ def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
         >>> bilinear_matrix(4, 2).round(2).tolist()
         [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
     """
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
+    i0, i1, w1 = _taps(n_out, n_in)
     m = np.zeros((n_out, n_in), np.float64)
     rows = np.arange(n_out)
     np.add.at(m, (rows, i0), 1.0 - w1)
@@ -44,9 +51,18 @@ def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
+def _resample(n_out: int, src: np.ndarray) -> np.ndarray:
+    """``bilinear_matrix(n_out, len(src)) @ src``, computed from the two taps of each row (no dense product)."""
+    i0, i1, w1 = _taps(n_out, len(src))
+    return (1.0 - w1)[:, None] * src[i0] + w1[:, None] * src[i1]
+
+
+@lru_cache(maxsize=32)
 def proto_resample_matrices(proto_hw: tuple[int, int], shape: tuple[int, int],
                             ratio: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """(Ay, Ax): prototype grid -> original image rows/columns, as Ultralytics' ``process_mask_native`` maps them.
+
+    Cached by size (the arrays are read-only): a video or a folder of same-sized images builds them once.
 
     Args:
         proto_hw: prototype (height, width); the model input is ``ratio`` times larger.
@@ -61,19 +77,42 @@ def proto_resample_matrices(proto_hw: tuple[int, int], shape: tuple[int, int],
     uh, uw = f * mh, f * mw
     up_y, up_x = bilinear_matrix(uh, mh), bilinear_matrix(uw, mw)
     if (uh, uw) == (h, w):
-        return up_y.astype(np.float32), up_x.astype(np.float32)
-    g = min(uh / h, uw / w)
-    pad_w, pad_h = (uw - max(round(w * g), 1)) / 2, (uh - max(round(h * g), 1)) / 2
-    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
-    bottom, right = top + max(round(h * g), 1), left + max(round(w * g), 1)
-    ay = bilinear_matrix(h, bottom - top) @ up_y[top:bottom]
-    ax = bilinear_matrix(w, right - left) @ up_x[left:right]
-    return ay.astype(np.float32), ax.astype(np.float32)
+        ay, ax = up_y, up_x
+    else:
+        g = min(uh / h, uw / w)
+        pad_w, pad_h = (uw - max(round(w * g), 1)) / 2, (uh - max(round(h * g), 1)) / 2
+        top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+        bottom, right = top + max(round(h * g), 1), left + max(round(w * g), 1)
+        ay, ax = _resample(h, up_y[top:bottom]), _resample(w, up_x[left:right])
+    ay, ax = ay.astype(np.float32), ax.astype(np.float32)
+    ay.flags.writeable = ax.flags.writeable = False
+    return ay, ax
+
+
+@lru_cache(maxsize=32)
+def _banded(proto_hw: tuple[int, int], shape: tuple[int, int], ratio: int) -> tuple[np.ndarray, ...]:
+    """(Ay, Ax) as bands: for each image row/column the first prototype index and the K weights from there on
+    (every row of those matrices has at most a few neighbouring non-zeros: two bilinear resamplings composed)."""
+    out = []
+    for m in proto_resample_matrices(proto_hw, shape, ratio):
+        nz = m != 0
+        first = np.where(nz.any(1), nz.argmax(1), 0)
+        last = np.where(nz.any(1), m.shape[1] - 1 - nz[:, ::-1].argmax(1), 0)
+        k = int((last - first).max()) + 1
+        idx = first[:, None] + np.arange(k)
+        valid = idx < m.shape[1]
+        idx = np.minimum(idx, m.shape[1] - 1)
+        weights = np.where(valid, np.take_along_axis(m, idx, 1), 0).astype(np.float32)
+        out += [idx, weights]
+    return tuple(out)
 
 
 def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, shape: tuple[int, int],
                    ratio: int = 4) -> np.ndarray:
     """Instance masks (N, H, W) bool at the original image size, as Ultralytics' ``process_mask_native``.
+
+    Each mask is ``Ay[y1:y2] @ logits @ Ax[x1:x2].T`` inside its box only; the two products are taken from the
+    matrices' bands (a few taps per pixel, like the interpolations they stand for), not as dense products.
 
     Args:
         protos: (C, mh, mw) prototypes of one image.
@@ -99,7 +138,7 @@ def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, sh
     out = np.zeros((len(coeffs), h, w), bool)
     if not len(coeffs):
         return out
-    ay, ax = proto_resample_matrices((mh, mw), (h, w), ratio)
+    iy, wy, ix, wx = _banded((int(mh), int(mw)), (int(h), int(w)), int(ratio))
     logits = (coeffs @ protos.reshape(c, -1)).reshape(-1, mh, mw)
     b = np.asarray(boxes, np.float64)
     x1 = np.clip(np.ceil(b[:, 0]), 0, w).astype(np.int64)  # columns c with x1 <= c < x2
@@ -108,7 +147,15 @@ def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, sh
     y2 = np.clip(np.ceil(b[:, 3]), 0, h).astype(np.int64)
     for i in range(len(coeffs)):
         if x2[i] > x1[i] and y2[i] > y1[i]:
-            out[i, y1[i]:y2[i], x1[i]:x2[i]] = (ay[y1[i]:y2[i]] @ logits[i] @ ax[x1[i]:x2[i]].T) > 0
+            cx, cy = slice(x1[i], x2[i]), slice(y1[i], y2[i])
+            jx, vx, jy, vy = ix[cx], wx[cx], iy[cy], wy[cy]
+            cols = logits[i][:, jx[:, 0]] * vx[:, 0]  # (mh, box width): the columns resampled, tap by tap
+            for k in range(1, jx.shape[1]):
+                cols += logits[i][:, jx[:, k]] * vx[:, k]
+            full = cols[jy[:, 0]] * vy[:, 0, None]  # (box height, box width): then the rows
+            for k in range(1, jy.shape[1]):
+                full += cols[jy[:, k]] * vy[:, k, None]
+            out[i, cy, cx] = full > 0
     return out
 
 

@@ -72,6 +72,7 @@ class RknnSession(Session):
         info = (side.get("extra") or {}).get("rknn") or {}
         self._split = info.get("split_outputs")  # INT8 graphs end before the head's Concat: join the parts again
         self._axis = int(info.get("concat_axis") or 1)
+        self._parts = int(info.get("concat_parts") or len(self._split or []))  # then the other outputs, as they are
         if importlib.util.find_spec("rknnlite") is not None and options.simulator is not True:
             self._open_board(device)
         else:
@@ -113,7 +114,8 @@ class RknnSession(Session):
             dataset = None
             if info["dtype"] == "int8":
                 host = {"layout": "nchw", "input_dtype": "float32", "in_model": None}  # calibration resizes on the host
-                spec = ModelSpec.from_dict({k: v for k, v in side.items() if k != "extra"} | host)
+                kept = {k: v for k, v in (side.get("extra") or {}).items() if k != "rknn"}  # kpt_shape, ...
+                spec = ModelSpec.from_dict({k: v for k, v in side.items() if k != "extra"} | host | {"extra": kept})
                 dataset = str(calibration_set(spec, info["calib"], int(options.calib_count), worker.tmp))
             worker.request(cmd="build", onnx=str(onnx), target=info["target"], dtype=info["dtype"], dataset=dataset,
                            mean=info["mean"], std=info["std"], out=None, simulate=True,
@@ -136,8 +138,8 @@ class RknnSession(Session):
             np.save(p, x)
             rep = self._worker.request(cmd="infer", inputs=[str(p)], data_format="nhwc", out_dir=str(self._worker.tmp))
             outs = [np.load(o).astype(np.float32) for o in rep["outputs"]]
-        if self._split and len(outs) == len(self._split) > 1:
-            outs = [np.concatenate(outs, axis=self._axis)]
+        if self._split and len(outs) == len(self._split) and self._parts > 1:
+            outs = [np.concatenate(outs[:self._parts], axis=self._axis), *outs[self._parts:]]
         return outs
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -23,6 +23,8 @@ rknn-toolkit2 2.5.0 crashes in on the YOLOv8/11 DFL head; ``none`` skips none).
 A single output that is a Concat of differently scaled tensors (a YOLO head: box pixels next to 0-1 class
 scores) loses the scores under one INT8 scale, so INT8 models end the graph before that Concat
 (``load_onnx(outputs=...)``, recorded as ``extra.rknn.split_outputs``) and the backend concatenates again.
+Nested Concats on the same axis (-seg/-pose/-obb heads) are opened too, and a model's other outputs (-seg
+prototypes) follow the parts unchanged (``extra.rknn.concat_parts`` parts are joined).
 
 Example:
     >>> import unideploy
@@ -47,20 +49,39 @@ TARGETS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1103", "rv1106",
 DTYPES = ("fp16", "int8")
 
 
-def split_outputs(onnx_path: Path) -> tuple[list[str], int] | None:
-    """The inputs and axis of the Concat that makes a single-output model's output (a YOLO head), else None."""
+def split_outputs(onnx_path: Path) -> tuple[list[str], int, int] | None:
+    """Where an INT8 graph should end: the inputs of the Concat that makes the first output (a YOLO head), with
+    nested Concats on the same axis opened too (a -seg/-pose/-obb head concatenates the detection head's Concat
+    with its mask coefficients / keypoints / angle), then the model's other outputs (a -seg model's prototypes)
+    unchanged. Returns (tensor names, concat axis, how many leading names are concatenated again), else None."""
     import onnx
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
-    if len(g.output) != 1:
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+
+    def concat_axis(name: str) -> int | None:
+        node = producer.get(name)
+        if node is None or node.op_type != "Concat" or len(node.input) < 2:
+            return None
+        return next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), None)
+
+    if not g.output:
         return None
-    node = next((n for n in g.node if g.output[0].name in n.output), None)
-    if node is None or node.op_type != "Concat" or len(node.input) < 2:
-        return None
-    axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
+    axis = concat_axis(g.output[0].name)
     if axis is None:
         return None
-    return list(node.input), int(axis)
+
+    def parts(name: str) -> list[str]:
+        if name != g.output[0].name and (uses.get(name, 0) != 1 or concat_axis(name) != axis):
+            return [name]
+        return [p for i in producer[name].input for p in parts(i)]
+
+    joined = parts(g.output[0].name)
+    return [*joined, *(o.name for o in g.output[1:])], axis, len(joined)
 
 
 def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
@@ -118,7 +139,8 @@ def onnx_to_rknn(onnx_path: Path, spec: ModelSpec, opts: Any) -> Path:
                                                   "std": std, "quantized_algorithm": extra.get("quantized_algorithm", "normal"),
                                                   "calib": str(calib) if calib else None, "disable_rules": rules,
                                                   "split_outputs": split[0] if split else None,
-                                                  "concat_axis": split[1] if split else None}}
+                                                  "concat_axis": split[1] if split else None,
+                                                  "concat_parts": split[2] if split else None}}
     sidecar_paths(out)[0].write_text(json.dumps(d, indent=2, sort_keys=True))
     return out
 

@@ -171,10 +171,67 @@ def test_report_with_speed(tiny_onnx, calib_dir, labelled, work):
     for key in ("fp32", "int8"):
         assert r.report[key]["ms_per_image"] > 0 and r.report[key]["images_per_s"] > 0
         assert 0 <= r.report[key]["mAP50-95"] <= 1
-    assert set(r.report["speedup"]) == {"latency", "throughput"}
+    assert set(r.report["speedup"]) == {"latency", "throughput", "vs"}
+    assert r.report["fp32_f32"] is None, "ONNX Runtime's CPU default is f32: no second FP32 figure"
     text = r.report["summary"]
     for row in ("size (MB)", "mAP50-95", "mAP50", "ms/image", "images/s"):
         assert row in text
+    assert r.report["recommendation"]["text"] in text
+
+
+@needs_openvino
+def test_openvino_speed_against_default_and_true_fp32(tiny_onnx, calib_dir, work):
+    """The float model is timed at the runtime's default precision and, where that is not f32 (bf16 CPUs), at
+    true f32 too; both ratios and a verdict are in the report and its table."""
+    r = unideploy.quantize(tiny_onnx, calib_dir, backend="openvino", samples=4, speed_runs=3, out=work / "ov_speed")
+    rep = r.report
+    default = rep["fp32"]["precision"]
+    assert default in ("f32", "bf16", "f16") and rep["int8"]["images_per_s"] > 0
+    assert rep["speedup"]["vs"] == default
+    if default == "f32":
+        assert rep["fp32_f32"] is None and "throughput_vs_f32" not in rep["speedup"]
+    else:
+        assert rep["fp32_f32"]["precision"] == "f32" and rep["fp32_f32"]["images_per_s"] > 0
+        assert rep["speedup"]["throughput_vs_f32"] == pytest.approx(rep["int8"]["images_per_s"] / rep["fp32_f32"]["images_per_s"])
+        assert "(FP32 at f32)" in rep["summary"] and f"(FP32 at {default})" in rep["summary"]
+    assert rep["recommendation"]["faster"] in ("int8", "fp32", "same")
+    assert rep["summary"].splitlines()[-1] == rep["recommendation"]["text"]
+
+
+@pytest.mark.parametrize("ratio, faster, words", [
+    (0.83, "fp32", "INT8 is SLOWER than the default precision; for speed use the float model m.xml at its default bf16"),
+    (1.01, "same", "about the same speed"),
+    (1.40, "int8", "use the INT8 model m_int8.xml"),
+])
+def test_recommendation_names_the_faster_artefact(ratio, faster, words):
+    from unideploy.tools.quantize.report import recommend
+
+    rec = recommend({"speedup": {"throughput": ratio, "vs": "bf16", "throughput_vs_f32": 4.0}}, "d/m.xml", "d/m_int8.xml")
+    assert rec["faster"] == faster and words in rec["text"]
+    assert rec["text"].startswith(f"INT8 is {ratio:.2f}x the throughput of the FP32 model at bf16 (the runtime default) "
+                                  "and 4.00x true FP32 (f32)")
+    assert rec["model"] == ("d/m.xml" if faster == "fp32" else "d/m_int8.xml")
+
+
+def test_compare_speed_times_true_fp32_only_when_the_default_differs(monkeypatch):
+    from unideploy.tools.quantize import report
+
+    calls = []
+
+    def fake(model, backend, *, device=None, runs=50, **opts):
+        calls.append((model, opts.get("precision")))
+        default = "bf16" if backend == "openvino" else None
+        ips = {("fp", None): 100.0, ("q", None): 80.0, ("fp", "f32"): 20.0}[(model, opts.get("precision"))]
+        return {"ms_per_image": 1000 / ips, "images_per_s": ips, "precision": opts.get("precision") or default}
+
+    monkeypatch.setattr(report, "measure_speed", fake)
+    r = report.compare_speed("fp", "q", "openvino", runs=3)
+    assert calls == [("fp", None), ("q", None), ("fp", "f32")]
+    assert r["speedup"]["throughput"] == pytest.approx(0.8) and r["speedup"]["throughput_vs_f32"] == pytest.approx(4.0)
+    assert r["recommendation"]["faster"] == "fp32" and "SLOWER" in r["recommendation"]["text"]
+    calls.clear()
+    r = report.compare_speed("fp", "q", "onnxruntime", runs=3)
+    assert calls == [("fp", None), ("q", None)] and r["fp32_f32"] is None
 
 
 # ------------------------------------------------------------------------------- Ultralytics model

@@ -288,3 +288,102 @@ def test_benchmark_app_parser_on_recorded_output():
     assert mod.parse_benchmark_app(sync)["precision"] == "f32" and "requests" not in mod.parse_benchmark_app(sync)
     with pytest.raises(ValueError, match="benchmark_app reported no throughput; last line: .*Cannot read model"):
         mod.parse_benchmark_app("[Step 4/11] Reading model files\n[ ERROR ] Cannot read model foo.xml\n")
+
+
+# ------------------------------------------------------------- accuracy control with the transformer model type
+
+def _revert_everything(model, calib, advanced):
+    """Quantize ``model`` (NNCF transformer type, weights not compressed, as accuracy control does) and revert every
+    quantizer group with NNCF's own restorer function, one group at a time: what accuracy control does when no
+    revert is enough. Returns (quantized model, fully reverted model)."""
+    import nncf
+    from nncf.common.factory import build_graph
+    from nncf.common.quantization.quantizer_removal import revert_operations_to_floating_point_precision
+    from nncf.common.utils.backend import get_backend
+    from nncf.openvino.quantization.backend_parameters import BackendParameters
+    from nncf.quantization.advanced_parameters import RestoreMode
+    from nncf.quantization.algorithms.accuracy_control.algorithm import QuantizationAccuracyRestorer, get_algo_backend
+    from nncf.quantization.algorithms.accuracy_control.ranker import Ranker
+
+    advanced.backend_params[BackendParameters.COMPRESS_WEIGHTS] = False
+    q = nncf.quantize(model.clone(), calib.nncf_dataset(False), preset=nncf.QuantizationPreset.MIXED,
+                      subset_size=len(calib), model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=advanced)
+    backend = get_algo_backend(get_backend(q))
+    qg = build_graph(q)
+    QuantizationAccuracyRestorer._collect_original_biases_and_weights(build_graph(model), qg, model, backend)
+    groups = Ranker(1, None, backend, None, 1).find_groups_of_quantizers_to_rank(qg)
+    reverted = revert_operations_to_floating_point_precision(  # all groups in one call: the restorer's end state
+        [op for g in groups for op in g.operations], [fq for g in groups for fq in g.quantizers], q, qg,
+        RestoreMode.ACTIVATIONS_AND_WEIGHTS, backend.get_op_with_weights_metatypes(), backend.is_node_with_weight,
+        backend.get_weight_tensor_port_ids)
+    return q, reverted
+
+
+def test_accuracy_control_with_transformer_type_can_revert_to_the_float_model(tiny_rtdetr, calib_dir):
+    """With SmoothQuant (NNCF's default for the transformer type) a model with every quantizer reverted is NOT the
+    float model (the activation scales stay while the weights are restored); with the parameters accuracy control
+    now uses (SmoothQuant off) it is."""
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    from unideploy.tools.quantize.calibration import CalibrationSet
+    from unideploy.tools.quantize.methods import no_smooth_quant
+
+    core = ov.Core()
+    model = ov.convert_model(str(tiny_rtdetr))
+    with unideploy.load(tiny_rtdetr, "openvino", precision="f32", in_model_preprocess=False) as fp:
+        calib = CalibrationSet(calib_dir, fp, 4)
+        xs = [fp.preprocess(np.asarray(__import__("cv2").imread(str(p))))[0][None] for p in sorted(calib_dir.glob("*"))[:2]]
+
+    def max_diff(m):
+        a = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        b = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return max(float(np.abs(a(x)[i] - b(x)[i]).max()) for x in xs for i in range(len(a.outputs)))
+
+    def fq(m):
+        return sum(op.get_type_name() == "FakeQuantize" for op in m.get_ordered_ops())
+
+    q_off, reverted_off = _revert_everything(model, calib, no_smooth_quant())
+    assert fq(q_off) > 0 and fq(reverted_off) == 0
+    assert max_diff(reverted_off) < 1e-4, "SmoothQuant off: reverting every quantizer gives back the float model"
+    q_sq, reverted_sq = _revert_everything(model, calib, AdvancedQuantizationParameters())
+    assert fq(reverted_sq) == 0
+    assert max_diff(reverted_sq) > 100 * max(max_diff(reverted_off), 1e-6), \
+        "precondition: with SmoothQuant the fully reverted model differs from the float model"
+
+
+def test_accuracy_control_turns_smooth_quant_off_for_transformers(monkeypatch):
+    """``quantize(max_drop=...)`` with a transformer-type recipe hands NNCF's accuracy control SmoothQuant-free
+    parameters; plain quantization keeps NNCF's defaults."""
+    import nncf
+
+    from unideploy.tools.quantize import methods
+
+    seen = {}
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", lambda *a, **kw: seen.setdefault("ac", kw))
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **kw: seen.setdefault("plain", kw))
+
+    class Calib(list):
+        def nncf_dataset(self, as_dict):
+            return None
+
+    class Gate:
+        dataset = type("D", (), {"samples": [1, 2, 3]})()
+        validation_fn = None
+
+        def nncf_dataset(self):
+            return None
+
+    for model_type in ("transformer", None):
+        seen.clear()
+        methods._nncf_run(nncf, object(), Calib([1]), as_dict=False, preset="mixed", ignored=[], gate=Gate(),
+                          max_drop=0.01, ranking_subset=2, model_type=model_type)
+        adv = seen["ac"].get("advanced_quantization_parameters")
+        if model_type:
+            assert adv.smooth_quant_alphas.matmul < 0 and adv.smooth_quant_alphas.convolution < 0
+        else:
+            assert adv is None
+    seen.clear()
+    methods._nncf_run(nncf, object(), Calib([1]), as_dict=False, preset="mixed", ignored=[], gate=None, max_drop=None,
+                      ranking_subset=None, model_type="transformer")
+    assert "advanced_parameters" not in seen["plain"] and "advanced_quantization_parameters" not in seen["plain"]

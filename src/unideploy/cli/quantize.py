@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="INT8 post-training quantization (NNCF / ONNX Runtime) with an accuracy gate",
                        description="Quantize a float ONNX or OpenVINO model to INT8 with calibration images preprocessed "
                                    "exactly as predict does. Prints and writes a before/after report: size, mAP50-95 / "
-                                   "mAP50 (with --data), ms/image and images/s on this machine.",
+                                   "mAP50 (with --data), ms/image and images/s on this machine (OpenVINO: the float model at the "
+                                   "runtime's default precision, bf16 on CPUs with native bf16, and at true FP32) and "
+                                   "which artefact is faster.",
                        epilog=examples("unideploy quantize model.onnx --calib images/",
                                        "unideploy quantize model.onnx --calib images/ --data val/data.yaml "
                                        "--max-drop 0.01",

@@ -158,7 +158,9 @@ def quantize(
             "rtdetr", else "default"), "default", "seed", "transformer", "rtdetr" or "rtdetr-decoder". With ``max_drop`` the
             calibration images must not be validation images (checked by content).
         device: device of the float and INT8 models for evaluation and timing.
-        speed: measure ms/image and images/s of both models (``speed_runs`` runs each).
+        speed: measure ms/image and images/s of both models (``speed_runs`` runs each); on OpenVINO the float
+            model at the runtime's default precision (bf16 on CPUs with native bf16) and at true f32, and say
+            which artefact is faster (``report["recommendation"]``).
         ranking_subset: validation images NNCF uses to rank layers in accuracy control.
         write_report: write the report as JSON beside the model (``<model>.quantize.json``).
 
@@ -179,7 +181,7 @@ def quantize(
     from unideploy.runtime.load import load
     from unideploy.runtime.open import read_spec
     from unideploy.tools.bench.discover import model_size_bytes
-    from unideploy.tools.quantize.report import format_report, measure_speed
+    from unideploy.tools.quantize.report import compare_speed, format_report
     from unideploy.tools.quantize.scope import check_patterns, int8_ops
     from unideploy.tools.quantize.accuracy_control import RestorerLog, check_disjoint, float_layers
     from unideploy.tools.quantize.recipes import resolve_recipe
@@ -235,7 +237,9 @@ def quantize(
         try:
             with restorer:
                 qmodel, kept = fn(src, calibration, preset=preset, patterns=patterns,
-                                  head=keep_head_float and spec.task == "detect",
+                                  # seg/pose/obb heads end in the same decoding tail (+ mask coefficients,
+                                  # keypoint / angle decoding): keep it float as for detection
+                                  head=keep_head_float and spec.task in ("detect", "segment", "pose", "obb"),
                                   gate=gate if max_drop is not None else None, max_drop=max_drop,
                                   ranking_subset=ranking_subset, model_type=rec.model_type)
         except BaseException:
@@ -270,10 +274,10 @@ def quantize(
                 ok = report["accuracy_drop"]["mAP50-95"] <= float(max_drop) + 1e-9
                 report["gate"] = {"max_drop": float(max_drop), "metric": "mAP50-95", "result": "passed" if ok else "failed"}
         if speed:
-            for key, path in (("fp32", src), ("int8", dest)):
-                report[key].update(measure_speed(path, backend, device=device, runs=speed_runs))
-            report["speedup"] = {"latency": report["fp32"]["ms_per_image"] / report["int8"]["ms_per_image"],
-                                 "throughput": report["int8"]["images_per_s"] / report["fp32"]["images_per_s"]}
+            sp = compare_speed(src, dest, backend, device=device, runs=speed_runs)
+            for key in ("fp32", "int8"):
+                report[key].update(sp[key])
+            report.update(fp32_f32=sp["fp32_f32"], speedup=sp["speedup"], recommendation=sp["recommendation"])
     finally:
         if gate is not None:
             gate.close()

@@ -50,6 +50,22 @@ def _nncf_preset(nncf: Any, preset: str) -> Any:
     return {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]
 
 
+def no_smooth_quant() -> Any:
+    """NNCF parameters with SmoothQuant off, for accuracy control with the transformer model type.
+
+    With ``model_type=TRANSFORMER`` NNCF applies SmoothQuant: it divides each MatMul's activation by a per-channel
+    scale (a Multiply inserted before the quantizer) and multiplies the weights by it. The accuracy restorer
+    reverts a layer by putting back its original weights and removing its quantizers, but leaves the inserted
+    activation scale: a "reverted" layer then computes ``(x / s) @ W`` instead of ``x @ W``. On the RT-DETR demo
+    every revert made the drop worse, all 55 quantized operations were reverted, and the model with no
+    quantizer left still lost 3.23 mAP50-95 points (``benchmarks/results/smoothquant_revert.json``). With
+    SmoothQuant off a reverted layer is the float layer again.
+    """
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    return AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
+
+
 def _nncf_run(nncf: Any, model: Any, calib: Any, *, as_dict: bool, preset: str, ignored: list[str], gate: Any,
               max_drop: float | None, ranking_subset: int | None, model_type: str | None = None) -> Any:
     scope = nncf.IgnoredScope(names=ignored, validate=False) if ignored else None
@@ -60,6 +76,8 @@ def _nncf_run(nncf: Any, model: Any, calib: Any, *, as_dict: bool, preset: str, 
         return nncf.quantize(model, calib.nncf_dataset(as_dict), **common)
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
+    if model_type == "transformer":
+        common["advanced_quantization_parameters"] = no_smooth_quant()
     n_val = len(gate.dataset.samples)
     restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=min(n_val, ranking_subset or n_val),
                                                   num_ranking_workers=1)

@@ -11,6 +11,10 @@ actors (``concurrency`` of them, each reserving ``num_cpus`` / ``num_gpus``), ea
 output row holds one image's boxes as lists, ready for :meth:`ray.data.Dataset.write_parquet`, or for
 :func:`write_coco` after :func:`collect`.
 
+Worker loss: Ray Data restarts an actor whose process died and runs its lost batch again, so a job survives it
+with every image once in its output (``tests/test_faults_ray.py`` kills one mid-job). :func:`predict` and
+:func:`evaluate` count how often that happened with a :class:`RunLedger` and leave the counts in :data:`last_run`.
+
 Example:
     >>> from unideploy.apps import distributed as udr
     >>> ds = udr.predict_dataset("model.onnx", "images/", concurrency=4, num_cpus=1)  # doctest: +SKIP
@@ -27,10 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from unideploy.apps.task_rows import decode_task, encode_task
 from unideploy.core.errors import BackendUnavailableError, InputError, UnideployError
 
 #: columns of a prediction row
-COLUMNS = ("index", "path", "name", "height", "width", "xyxy", "confidence", "class_id", "error")
+COLUMNS = ("index", "path", "name", "height", "width", "xyxy", "confidence", "class_id", "error", "task")
 
 
 def require_ray() -> Any:
@@ -84,16 +89,21 @@ class PredictorActor:
         load_kwargs: keyword arguments for :func:`unideploy.load` (backend, device, conf, threads, ...).
     """
 
-    def __init__(self, model: str, load_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: str, load_kwargs: dict[str, Any] | None = None, ledger: Any = None) -> None:
         from unideploy.runtime.load import load
 
         self.predictor = load(model, **(load_kwargs or {}))
+        self.ledger = ledger
+        if ledger is not None:  # Ray Data restarts a lost actor: every start is counted
+            ledger.started.remote(os.getpid())
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
         paths = [str(p) for p in batch["path"]]
         indices = [int(i) for i in batch["index"]]
+        if self.ledger is not None:
+            self.ledger.attempt.remote(indices[0] if indices else -1, os.getpid())
         rows: list[dict[str, Any]] = []
         for out in self.predictor.stream(paths):
             det, i = out.result, out.item.index
@@ -107,11 +117,68 @@ class PredictorActor:
                     confidence=det.confidence.tolist(),
                     class_id=det.class_id.tolist(),
                     error=None,
+                    task=encode_task(det),  # masks / keypoints / rotated boxes (apps.task_rows)
                 )
             else:
-                row.update(height=0, width=0, xyxy=[], confidence=[], class_id=[], error=str(out.error))
+                row.update(height=0, width=0, xyxy=[], confidence=[], class_id=[], error=str(out.error), task=None)
             rows.append(row)
+        if self.ledger is not None:
+            self.ledger.done.remote(indices[0] if indices else -1)
         return pa.Table.from_pylist(rows, schema=row_schema())
+
+
+class RunLedger:
+    """Counts, for one Ray job, predictor actor starts and batch attempts, so that worker loss is reported.
+
+    Ray Data restarts an actor that died (``max_restarts=-1``) and runs its lost batch again
+    (``max_task_retries=-1``); the output has each image once, and this ledger says how often that happened.
+    Runs as a small Ray actor (see :func:`new_ledger`); :class:`PredictorActor` reports to it fire-and-forget.
+    """
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []  # one per actor start, in order
+        self.attempts: dict[int, list[int]] = {}  # first index of a batch -> pids that started it
+        self.finished: set[int] = set()
+
+    def started(self, pid: int) -> None:
+        self.pids.append(int(pid))
+
+    def attempt(self, key: int, pid: int) -> None:
+        self.attempts.setdefault(int(key), []).append(int(pid))
+
+    def done(self, key: int) -> None:
+        self.finished.add(int(key))
+
+    def stats(self) -> dict[str, Any]:
+        """``actor_starts``, ``batches``, ``batch_attempts``, ``retries`` (attempts beyond one per finished
+        batch), ``batches_done`` and ``pids`` (of the actors started, in order)."""
+        attempts = sum(len(v) for v in self.attempts.values())
+        return {
+            "actor_starts": len(self.pids),
+            "batches": len(self.attempts),
+            "batches_done": len(self.finished),
+            "batch_attempts": attempts,
+            "retries": attempts - len(self.attempts),
+            "pids": list(self.pids),
+        }
+
+
+def new_ledger() -> Any:
+    """A :class:`RunLedger` as a Ray actor (needs Ray initialised); pass it to :func:`predict_dataset`."""
+    ray = require_ray()
+    return ray.remote(num_cpus=0)(RunLedger).remote()
+
+
+def ledger_stats(ledger: Any, concurrency: int) -> dict[str, Any]:
+    """The ledger's counts plus ``restarts`` (actor starts beyond ``concurrency``)."""
+    ray = require_ray()
+    st = ray.get(ledger.stats.remote(), timeout=60)
+    st["restarts"] = max(0, st["actor_starts"] - int(concurrency))
+    return st
+
+
+#: counts of the last :func:`predict` / :func:`evaluate` in this process (see :class:`RunLedger`)
+last_run: dict[str, Any] = {}
 
 
 def row_schema() -> Any:
@@ -129,6 +196,7 @@ def row_schema() -> Any:
             ("confidence", pa.list_(pa.float32())),
             ("class_id", pa.list_(pa.int64())),
             ("error", pa.string()),
+            ("task", pa.string()),
         ]
     )
 
@@ -152,6 +220,7 @@ def predict_dataset(
     num_gpus: float = 0,
     batch_size: int = 16,
     address: str | None = None,
+    ledger: Any = None,
     **predict_args: Any,
 ) -> Any:
     """A lazy Ray Dataset of predictions, one row per image (see :data:`COLUMNS`).
@@ -163,6 +232,7 @@ def predict_dataset(
         num_cpus, num_gpus: resources each actor reserves (``num_gpus=1`` with ``device="cuda:0"`` per actor).
         batch_size: images per ``map_batches`` call.
         address: Ray cluster address; None starts (or reuses) a local instance.
+        ledger: a :func:`new_ledger` actor that counts actor starts and batch attempts (worker loss), or None.
         **predict_args: the model and postprocess arguments of :func:`unideploy.predict` (backend, device, conf,
             iou, max_det, classes, threads, ...), for the predictor in each actor. ``threads`` defaults to
             ``num_cpus`` so that actors do not oversubscribe the cores.
@@ -192,7 +262,7 @@ def predict_dataset(
         load_args["threads"] = max(1, int(num_cpus))
     return ds.map_batches(
         PredictorActor,
-        fn_constructor_kwargs={"model": model, "load_kwargs": load_args},
+        fn_constructor_kwargs={"model": model, "load_kwargs": load_args, "ledger": ledger},
         batch_size=int(batch_size),
         batch_format="pandas",
         concurrency=int(concurrency),
@@ -220,13 +290,13 @@ def to_detections(rows: Sequence[dict[str, Any]], names: dict[int, str] | None =
         out.append(
             (
                 r["name"],
-                Detections(
+                decode_task(Detections(
                     xyxy,
                     np.asarray(list(r["confidence"]), np.float32),
                     np.asarray(list(r["class_id"]), np.int64),
                     dict(names or {}),
                     (int(r["height"]), int(r["width"])),
-                ),
+                ), r.get("task")),
             )
         )
     return out
@@ -250,6 +320,12 @@ def write_coco(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     atomic_write_json(path, coco_from_rows(rows))
 
 
+def _note_run(ledger: Any, concurrency: int) -> dict[str, Any]:
+    last_run.clear()
+    last_run.update(ledger_stats(ledger, concurrency))
+    return dict(last_run)
+
+
 def predict(
     model: str | os.PathLike,
     source: Any,
@@ -263,14 +339,19 @@ def predict(
     Args:
         save_json: also write COCO results JSON. save_parquet: also write the rows as Parquet files in a folder.
         **kwargs: as for :func:`predict_dataset`: the Ray settings (concurrency, num_cpus, num_gpus, batch_size,
-            address) and :func:`unideploy.predict`'s model and postprocess arguments.
+            address, ledger) and :func:`unideploy.predict`'s model and postprocess arguments.
+
+    After the run, :data:`last_run` holds its counts (``restarts`` of lost actors, ``retries`` of their batches).
 
     Example:
         >>> results = predict("model.onnx", "images/", concurrency=2, save_json="preds.json")  # doctest: +SKIP
     """
     from unideploy.runtime.open import read_spec
 
-    ds = predict_dataset(model, source, **kwargs).materialize()
+    init(kwargs.get("address"))
+    ledger = kwargs.pop("ledger", None) or new_ledger()
+    ds = predict_dataset(model, source, ledger=ledger, **kwargs).materialize()
+    _note_run(ledger, kwargs.get("concurrency", 1))
     if save_parquet:
         ds.write_parquet(str(save_parquet))
     rows = collect(ds)
@@ -310,10 +391,15 @@ def evaluate(
 
         raise SourceError(f"{data}: expected labelled images, found none")
     t0 = time.perf_counter()
+    init(kwargs.get("address"))
+    ledger = kwargs.pop("ledger", None) or new_ledger()
     rows = collect(
-        predict_dataset(model, [str(s.path) for s in ds.samples], conf=conf, iou=iou, max_det=max_det, **kwargs)
+        predict_dataset(
+            model, [str(s.path) for s in ds.samples], conf=conf, iou=iou, max_det=max_det, ledger=ledger, **kwargs
+        )
     )
     seconds = time.perf_counter() - t0
+    run = _note_run(ledger, kwargs.get("concurrency", 1))
     records = coco_from_rows(rows)
     skipped = [f"{r['name']}: {r['error']}" for r in rows if r.get("error")]
     gt = ds.to_coco()
@@ -336,16 +422,22 @@ def evaluate(
         "backend": kwargs.get("backend") or "default",
         "device": kwargs.get("device") or "cpu",
         "ray": True,
+        "ray_restarts": run["restarts"],
+        "ray_retries": run["retries"],
     }
 
 
 __all__ = [
     "COLUMNS",
     "PredictorActor",
+    "RunLedger",
     "collect",
     "coco_from_rows",
     "evaluate",
     "init",
+    "last_run",
+    "ledger_stats",
+    "new_ledger",
     "predict",
     "predict_dataset",
     "require_ray",

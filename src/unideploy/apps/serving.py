@@ -17,9 +17,15 @@ Concurrent requests are batched by ``serve.batch`` (up to ``max_batch_size`` ima
 or too many images, 415 for an unsupported content type, 400 for a body that is not valid multipart / JSON /
 base64 or an image that cannot be decoded (the message names the part), 404 / 405 for other routes/methods.
 
-The queue is bounded: a replica holds at most ``max_queue`` requests in flight; one more is answered at once,
-before its body is read, with 503 and a ``Retry-After`` header (seconds: the requests ahead times the recent
-time per image, at least 1), so an overloaded server sheds load instead of growing its memory and latency.
+Two deployments: ``unideploy-http`` (one ingress replica, no CPU reserved) reads and checks each request and
+calls ``unideploy`` (``num_replicas`` model replicas, each with one predictor). The queue is bounded: the
+ingress holds at most ``max_queue`` x replicas requests in flight; one more is answered at once, before its body
+is read, with 503 and a ``Retry-After`` header (seconds: the requests ahead times the recent time per request,
+shared over the replicas, at least 1), so an overloaded server sheds load instead of growing its memory and
+latency. A model replica that dies (killed, out of memory, a native crash) fails the calls it held; the ingress
+sends each again (Ray Serve routes it to a live replica, and replaces the dead one) up to ``REPLICA_RETRIES``
+times, then answers 503 with a one-line JSON error; no request is left without an answer
+(``benchmarks/serve_faults.py``).
 
 Example:
     >>> from unideploy.apps.serving import serve_model
@@ -29,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -40,11 +47,15 @@ from email.policy import HTTP
 from pathlib import Path
 from typing import Any
 
-from unideploy.core.errors import InputError, RequestError
+from unideploy.core.errors import InputError, RequestError, UnideployError
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_IMAGES = 16
 DEFAULT_MAX_QUEUE = 64
+#: times a call is sent again when the model replica holding it died (then 503 with a JSON error)
+REPLICA_RETRIES = 2
+#: how segmentation answers write masks (``?masks=``): COCO RLE (default), pixel outline polygons, or left out
+MASK_FORMATS = ("rle", "polygon", "none")
 
 
 def _b64(s: Any, what: str) -> bytes:
@@ -130,6 +141,11 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     """Validate per-request thresholds; raises RequestError(400) naming the bad one."""
     out: dict[str, Any] = {}
     for k, v in options.items():
+        if k == "masks":  # how a segmentation answer writes its masks
+            if v not in MASK_FORMATS:
+                raise RequestError(400, f"masks must be one of {', '.join(MASK_FORMATS)}, got {v!r}")
+            out[k] = v
+            continue
         try:
             out[k] = int(v) if k == "max_det" else float(v)
         except (TypeError, ValueError):
@@ -141,11 +157,26 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def result_json(name: str, det: Any) -> dict[str, Any]:
+def file_signature(path: str | os.PathLike) -> tuple | None:
+    """(size, mtime_ns, inode) of a model file and, for an OpenVINO ``.xml``, of its ``.bin``; None if missing."""
+    sig: list[int] = []
+    for p in (Path(path), Path(path).with_suffix(".bin")):
+        if p == Path(path) or p.suffix.lower() == ".bin" and Path(path).suffix.lower() == ".xml":
+            try:
+                st = p.stat()
+            except OSError:
+                return None
+            sig += [st.st_size, st.st_mtime_ns, st.st_ino]
+    return tuple(sig)
+
+
+def result_json(name: str, det: Any, masks: str = "rle") -> dict[str, Any]:
+    from unideploy.core.results import Segmentations
+
     return {
         "name": name,
         "image_shape": list(det.image_shape) if det.image_shape else None,
-        "detections": det.to_dicts(),
+        "detections": det.to_dicts(masks=masks) if isinstance(det, Segmentations) else det.to_dicts(),
     }
 
 
@@ -160,6 +191,7 @@ def build_app(
     num_replicas: int = 1,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    reload_check_s: float = 0,
     **load_kwargs: Any,
 ) -> Any:
     """A Ray Serve application (bound deployment) serving ``model``; pass it to ``serve.run``.
@@ -171,6 +203,10 @@ def build_app(
         max_batch_size, batch_wait_s: dynamic batching of concurrent requests.
         max_queue: requests a replica holds in flight; beyond it, 503 with ``Retry-After``.
         num_replicas, num_cpus, num_gpus: replicas and the resources of each.
+        reload_check_s: when > 0, each replica looks at the model file (size, mtime, inode) at most this often
+            while it serves; a changed file is opened again and used, or refused (not a valid model, or not the
+            pinned ``sha256``) with the old model kept and the reason shown by ``GET /`` (``reload_error``).
+            Requests in flight finish on the model they started with. 0 (default): the file is read once.
         **load_kwargs: for :func:`unideploy.load` (conf, iou, backend, device, threads, ...).
 
     Example:
@@ -196,70 +232,136 @@ def build_app(
         load_kwargs["threads"] = max(1, int(num_cpus))
 
     class DetectionServer:
+        """The model replica: one predictor, images batched across concurrent requests by ``serve.batch``."""
+
         def __init__(self) -> None:
             from unideploy.runtime.load import load
 
+            self.loaded_sig = file_signature(model)  # before reading it: a change meanwhile is seen later
             self.predictor = load(model, **load_kwargs)
-            self.in_flight = 0  # admitted requests; the replica's event loop is single-threaded
-            self.s_per_image = 0.05  # running estimate for Retry-After
+            self.checked = time.monotonic()
+            self.refused_sig: Any = None
+            self.reload_error: str | None = None
+            self.reloads = 0
+            self.reloading = False
             self.predict_batch.set_max_batch_size(int(max_batch_size))
             self.predict_batch.set_batch_wait_timeout_s(float(batch_wait_s))
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
         async def predict_batch(self, jobs: list[tuple[Any, dict]]) -> list[Any]:
-            out: list[Any] = []
             # one runtime call per group of requests with the same thresholds
             groups: dict[str, list[int]] = {}
             for k, (_, opts) in enumerate(jobs):
                 groups.setdefault(json.dumps(opts, sort_keys=True), []).append(k)
             res: dict[int, Any] = {}
-            t0 = time.perf_counter()
             for key, idx in groups.items():
                 for k, r in zip(idx, self.predictor.predict_arrays([jobs[k][0] for k in idx], **json.loads(key))):
                     res[k] = r
-            out = [res[k] for k in range(len(jobs))]
-            self.s_per_image = 0.8 * self.s_per_image + 0.2 * (time.perf_counter() - t0) / len(jobs)
-            return out
+            return [res[k] for k in range(len(jobs))]
 
-        def busy(self) -> JSONResponse | None:
-            if self.in_flight < max_queue:
-                return None
-            retry = max(1, math.ceil(self.in_flight * self.s_per_image))
-            return JSONResponse(
-                {"error": f"server busy: {self.in_flight} requests in flight (limit {max_queue}); "
-                          f"retry after {retry} s"},
-                status_code=503,
-                headers={"Retry-After": str(retry)},
-            )
-
-        def info(self) -> dict[str, Any]:
-            p = self.predictor
-            return {
-                "model": p.path.name,
-                "task": p.task,
-                "imgsz": list(p.spec.imgsz or ()),
-                "names": p.names,
-                "backend": p.backend_name,
-                "max_upload_mb": max_upload_mb,
-                "max_images": max_images,
-                "max_batch_size": max_batch_size,
-                "max_queue": max_queue,
-                "in_flight": self.in_flight,
-            }
-
-        async def __call__(self, request: Request) -> JSONResponse:
+        async def predict(self, images: list[tuple[str, bytes]], opts: dict[str, Any]) -> dict[str, Any]:
+            """Decode and predict one request's images: ``{"results": [...]}`` or ``{"error", "status"}``."""
             import asyncio
 
             from unideploy.core.errors import ImageDecodeError
             from unideploy.core.sources import decode_image
 
-            path = request.url.path.rstrip("/") or "/"
+            await self.check_model()
+            arrays = []
+            for name, data in images:
+                try:
+                    arrays.append(decode_image(data, name))
+                except ImageDecodeError as e:
+                    return {"error": str(e), "status": 400}
+            opts = dict(opts)
+            masks = opts.pop("masks", "rle")
+            results = await asyncio.gather(*[self.predict_batch((a, opts)) for a in arrays])
+            return {"results": [result_json(n, r, masks) for (n, _), r in zip(images, results)]}
+
+        async def check_model(self) -> None:
+            """With ``reload_check_s``: at most that often, see whether the model file changed on disk; if so, open
+            it again (in a thread, while this replica goes on answering with the loaded model) and swap it in, or,
+            when it is not a valid model or fails its pinned digest, keep the loaded one and report why."""
+            if reload_check_s <= 0 or self.reloading or time.monotonic() - self.checked < reload_check_s:
+                return
+            self.checked = time.monotonic()
+            sig = file_signature(model)
+            if sig in (self.loaded_sig, self.refused_sig):
+                return
+            self.reloading = True
+            try:
+                new = await asyncio.to_thread(self.predictor.reopen)
+            except UnideployError as e:
+                self.refused_sig, self.reload_error = sig, f"kept the model loaded before: {e}"
+            else:
+                # batches run on this event loop, so none is using the old predictor at this point
+                old, self.predictor = self.predictor, new
+                self.loaded_sig, self.refused_sig, self.reload_error = sig, None, None
+                self.reloads += 1
+                old.close()
+            finally:
+                self.reloading = False
+
+        async def info(self) -> dict[str, Any]:
+            await self.check_model()
+            p = self.predictor
+            return {"model": p.path.name, "task": p.task, "imgsz": list(p.spec.imgsz or ()), "names": p.names,
+                    "backend": p.backend_name, "reloads": self.reloads, "reload_error": self.reload_error}
+
+    class Ingress:
+        """HTTP front: reads and checks the request, bounds the requests in flight, and calls a model replica.
+
+        A replica that dies while it holds a request (killed, out of memory, a native crash) fails that call with
+        a Ray actor error; the call is idempotent, so it is sent again (Ray Serve routes it to a live replica)
+        up to ``REPLICA_RETRIES`` times, then answered with 503 and a one-line JSON error instead of Ray's
+        plain-text 500.
+        """
+
+        def __init__(self, server: Any) -> None:
+            self.server = server
+            self.in_flight = 0  # admitted requests; the ingress's event loop is single-threaded
+            self.s_per_request = 0.05  # running estimate for Retry-After
+            self.replica_retries = 0  # calls sent again after a replica was lost
+
+        async def call_model(self, method: str, *args: Any) -> Any:
+            import ray.exceptions as rex
+
+            lost = (rex.RayActorError, getattr(rex, "ActorUnavailableError", rex.RayActorError))  # the latter: Ray >= 2.30
+            for attempt in range(REPLICA_RETRIES + 1):
+                try:
+                    return await getattr(self.server, method).remote(*args)
+                except lost as e:
+                    if attempt == REPLICA_RETRIES:
+                        raise RequestError(503, f"model replica lost ({type(e).__name__}) and the retries "
+                                                f"failed too; retry later") from None
+                    self.replica_retries += 1
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            raise AssertionError("unreachable")
+
+        def busy(self) -> JSONResponse | None:
+            if self.in_flight < limit_queue:
+                return None
+            retry = max(1, math.ceil(self.in_flight * self.s_per_request / max(1, int(num_replicas))))
+            return JSONResponse(
+                {"error": f"server busy: {self.in_flight} requests in flight (limit {limit_queue}); "
+                          f"retry after {retry} s"},
+                status_code=503,
+                headers={"Retry-After": str(retry)},
+            )
+
+        async def __call__(self, request: Request) -> JSONResponse:
+            path, root = request.url.path, request.scope.get("root_path", "").rstrip("/")
+            path = (path[len(root):] if root and path.startswith(root) else path).rstrip("/") or "/"  # under route_prefix
             try:
                 if request.method == "GET":
                     if path == "/health":
                         return JSONResponse({"status": "ok"})
                     if path == "/":
-                        return JSONResponse(self.info())
+                        info = await self.call_model("info")
+                        return JSONResponse({**info, "max_upload_mb": max_upload_mb, "max_images": max_images,
+                                             "max_batch_size": max_batch_size, "max_queue": max_queue,
+                                             "replicas": int(num_replicas), "in_flight": self.in_flight,
+                                             "replica_retries": self.replica_retries})
                     raise RequestError(404, f"no route GET {path}; use GET /, GET /health or POST /predict")
                 if request.method != "POST":
                     raise RequestError(405, f"method {request.method} not allowed; use POST /predict")
@@ -271,6 +373,7 @@ def build_app(
             except RequestError as e:
                 return JSONResponse({"error": str(e)}, status_code=e.status)
             self.in_flight += 1
+            t0 = time.perf_counter()
             try:
                 declared = request.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -285,21 +388,13 @@ def build_app(
                         raise RequestError(413, f"upload is over the limit of {limit} bytes ({max_upload_mb:g} MB)")
                     chunks.append(chunk)
                 images, options = parse_upload(request.headers.get("content-type", ""), b"".join(chunks), max_images)
-                options.update({k: v for k, v in request.query_params.items() if k in ("conf", "iou", "max_det")})
+                options.update({k: v for k, v in request.query_params.items() if k in ("conf", "iou", "max_det", "masks")})
                 opts = check_options(options)
-                arrays = []
-                for name, data in images:
-                    try:
-                        arrays.append(decode_image(data, name))
-                    except ImageDecodeError as e:
-                        raise RequestError(400, str(e)) from None
-                results = await asyncio.gather(*[self.predict_batch((a, opts)) for a in arrays])
-                return JSONResponse(
-                    {
-                        "model": self.predictor.path.name,
-                        "results": [result_json(n, r) for (n, _), r in zip(images, results)],
-                    }
-                )
+                out = await self.call_model("predict", images, opts)
+                if "error" in out:
+                    raise RequestError(int(out["status"]), out["error"])
+                self.s_per_request = 0.8 * self.s_per_request + 0.2 * (time.perf_counter() - t0)
+                return JSONResponse({"model": model_name, "results": out["results"]})
             except RequestError as e:
                 return JSONResponse({"error": str(e)}, status_code=e.status)
             finally:
@@ -308,15 +403,24 @@ def build_app(
     opts: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
         opts["num_gpus"] = num_gpus
-    dep = serve.deployment(
+    limit_queue = int(max_queue) * max(1, int(num_replicas))
+    model_name = Path(model).name
+    server = serve.deployment(
         DetectionServer,
         name="unideploy",
         num_replicas=int(num_replicas),
         ray_actor_options=opts,
-        # above max_queue, so that the replica itself sees (and answers 503 to) the requests it will not take
         max_ongoing_requests=int(max_queue) + max(16, 2 * int(max_batch_size)),
     )
-    return dep.bind()
+    ingress = serve.deployment(
+        Ingress,
+        name="unideploy-http",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        # above the bound, so that the ingress itself sees (and answers 503 to) the requests it will not take
+        max_ongoing_requests=limit_queue + max(16, 2 * int(max_batch_size)),
+    )
+    return ingress.bind(server.bind())
 
 
 def serve_model(
@@ -342,6 +446,9 @@ def serve_model(
 
     serve.start(http_options={"host": host, "port": int(port)})
     serve.run(app, name="unideploy", route_prefix="/")
+    from unideploy.apps.serving_track import build_track_app, track_kwargs  # POST /track: tracked frames, streamed
+
+    serve.run(build_track_app(model, **track_kwargs(kwargs)), name="unideploy-track", route_prefix="/track")
     url = f"http://{host}:{port}/"
     if blocking:
         import signal
@@ -362,3 +469,19 @@ def serve_model(
             serve.shutdown()
             ray.shutdown()
     return url
+
+
+__all__ = [
+    "DEFAULT_MAX_IMAGES",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "REPLICA_RETRIES",
+    "MASK_FORMATS",
+    "RequestError",
+    "build_app",
+    "check_options",
+    "file_signature",
+    "parse_upload",
+    "result_json",
+    "serve_model",
+]

@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=positive_int, default=64,
                    help="requests a replica holds in flight; more get 503 with Retry-After (default 64)")
     p.add_argument("--replicas", type=positive_int, default=1, help="model replicas (default 1)")
+    p.add_argument("--reload-check", type=non_negative_float, default=0, metavar="SECONDS",
+                   help="look at the model file at most this often and use it again when it changed (a file that "
+                        "is not a valid model or not the pinned --model-sha256 is refused, the old model kept); "
+                        "default 0: read once")
     p.add_argument("--num-cpus", type=non_negative_float, default=1, help="CPUs per replica (default 1)")
     p.add_argument("--num-gpus", type=non_negative_float, default=0, help="GPUs per replica (default 0)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: start a local one)")
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         num_replicas=args.replicas,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
+        reload_check_s=args.reload_check,
         conf=args.conf,
         iou=args.iou,
         **{k: v for k, v in kw.items() if v is not None},

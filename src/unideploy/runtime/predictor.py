@@ -7,6 +7,7 @@ settings a predictor applies (malloc arenas, OpenCV threads) live in :mod:`unide
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -16,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from unideploy.core.errors import InputError
+from unideploy.core.errors import InputError, OptionError
 from unideploy.core.ops.letterbox import LetterboxInfo
+from unideploy.core.ops.letterbox_scaled import full_size_info
 from unideploy.core.options import PostprocessOptions, check_positive_int
-from unideploy.core.sources import read_image
+from unideploy.core.sources import Source, read_image
 from unideploy.core.spec import ModelSpec
 from unideploy.runtime.backends.base import Session
 from unideploy.runtime.families.base import Adapter
@@ -66,6 +68,9 @@ class Predictor:
         spec: extra spec overrides (dict).
         sha256: pinned SHA-256 of the model file ("HEX"), or of files beside it ("weights.bin=HEX"); a mismatch
             raises ModelError before the file is parsed (see :func:`unideploy.core.security.verify_sha256`).
+        fast_decode: decode JPEG files much larger than the model input at 1/2, 1/4 or 1/8 scale (libjpeg DCT
+            scaling), the smallest still at least the resized size, then letterbox; boxes map back to the full
+            image. Changes pixels, so it is off by default (:mod:`unideploy.core.ops.letterbox_scaled`).
         **backend_options: passed to ``Backend.open`` (threads, hint, cache_dir, ...).
 
     Raises:
@@ -99,8 +104,12 @@ class Predictor:
         malloc_arenas: int | None = 1,
         spec: dict[str, Any] | None = None,
         sha256: str | Sequence[str] | dict[str, str] | None = None,
+        fast_decode: bool = False,
         **backend_options: Any,
     ) -> None:
+        #: the arguments this predictor was made with, for :meth:`reopen`
+        self.load_args = {k: v for k, v in locals().items() if k not in ("self", "backend_options", "__class__")}
+        self.load_args.update(backend_options)
         # every option is checked before the model is opened (a bad threshold fails fast)
         options = PostprocessOptions(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, classes=classes)
         if batch is not None:
@@ -129,6 +138,7 @@ class Predictor:
             self.session.close()
             raise
         self.workers = max(1, int(workers))
+        self.fast_decode = bool(fast_decode)
         if cv_threads is not None:
             set_cv_threads(cv_threads)
         self.requests = requests or self.session.optimal_requests()
@@ -144,7 +154,8 @@ class Predictor:
             raise InputError(f"image array must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
         if img.shape[2] == 4:
             img = img[..., :3]
-        return self.adapter.resize(img)
+        resized, info = self.adapter.resize(img)
+        return resized, full_size_info(img, info)  # the full image's mapping for a fast-decoded (reduced) one
 
     def preprocess(self, img: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         """One BGR image -> (model input without the batch axis, mapping)."""
@@ -204,7 +215,8 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         seq = [images] if single else list(images)
         opts = self.postprocess_options(**options)  # checked before any image is read
-        arrays = [im if isinstance(im, np.ndarray) else read_image(im) for im in seq]
+        scale = self.adapter.decode_factor if self.fast_decode else None
+        arrays = [im if isinstance(im, np.ndarray) else read_image(im, decode_scale=scale) for im in seq]
         res = self._predict(arrays, opts)
         return res[0] if single else res
 
@@ -238,10 +250,23 @@ class Predictor:
             ...         print(out.item.name, out.result if out.ok else out.error)
         """
         opts = self.postprocess_options(**options)
+        if self.fast_decode:
+            source = self._fast_source(source, vid_stride, keep_images)
         ctl = StreamControl()
         gen = run_stream(self, source, keep_images, vid_stride, requests, opts, ctl)
         self._streams[gen] = ctl
         return gen
+
+    def _fast_source(self, source: Any, vid_stride: int, keep_images: bool) -> Source:
+        """``source`` as a Source whose JPEG files decode at the scale the resize needs (``fast_decode``)."""
+        src = copy.copy(source) if isinstance(source, Source) else Source(source, vid_stride)
+        if src.is_video:  # frames come from the video decoder at full size
+            return source if isinstance(source, Source) else src
+        if keep_images:
+            raise OptionError("fast_decode", "decodes large JPEGs at a reduced size, so no full-size image is kept "
+                              "to draw on; drop keep_images (save_img / save_video) or fast_decode")
+        src.decode_scale = self.adapter.decode_factor
+        return src
 
     def track(self, source: Any, tracker: Any = "bytetrack", *, tracker_config: Any = None, keep_images: bool = False,
               vid_stride: int = 1, **options: Any) -> Iterator[Outcome]:
@@ -276,6 +301,27 @@ class Predictor:
         """
         close_streams(self._streams)
         self.session.close()
+
+    def reopen(self) -> Predictor:
+        """A new predictor on the same model path with the same arguments: the file is read again and any pinned
+        digest (``sha256``) checked again. This predictor is left as it was (open, answering calls in flight).
+
+        Use it when the file may have been replaced: on success swap in the new predictor and close the old one
+        once its calls finish; on failure keep the old one.
+
+        Raises:
+            ModelError: the file now on disk is not a valid model, or does not match the pinned digest.
+
+        Example:
+            >>> try:  # doctest: +SKIP
+            ...     new = predictor.reopen(); predictor.close(); predictor = new
+            ... except unideploy.ModelError as e:
+            ...     print(f"kept the model loaded before: {e}")
+        """
+        args = dict(self.load_args)
+        if type(self) is not Predictor:  # a subclass (the GPU predictor) names its own backend
+            args.pop("backend", None)
+        return type(self)(**args)
 
     def __enter__(self) -> Predictor:
         return self

@@ -27,15 +27,22 @@ _CORE_LOCK = threading.Lock()
 
 
 def shared_core(ov: Any) -> Any:
-    """One ``openvino.Core`` per process.
+    """One ``openvino.Core`` per process, reading weights into memory rather than mapping them.
 
     Creating and dropping a Core per model, with streams abandoned mid-way, corrupted the heap now and then
-    (openvino 2026.4: a segfault in about 8 of 20 runs of 100 create/close cycles, never with one shared Core).
+    (openvino 2026.4: a SIGSEGV in 9 of 12 runs of 110 create/close cycles with a Core per open; see
+    docs/reliability.md and ``benchmarks/ov_teardown.py`` for the runs with one shared Core).
+
+    ``ENABLE_MMAP`` off: by default OpenVINO maps an IR's ``.bin`` and the CPU plugin runs on the mapped weights,
+    so a ``.bin`` truncated on disk under a running model kills the process with SIGBUS at its next inference
+    (reproduced with plain openvino 2026.4). Read into memory, the loaded model is immune to the file changing.
     """
     global _CORE
     with _CORE_LOCK:
         if _CORE is None:
-            _CORE = ov.Core()
+            core = ov.Core()
+            core.set_property({"ENABLE_MMAP": False})
+            _CORE = core
         return _CORE
 
 

@@ -34,7 +34,8 @@ if tool == "ultralytics":
 else:
     import unideploy
     backend = tool.split(":")[1]
-    opts = {"in_model_preprocess": True} if tool.endswith(":in-model") else {}
+    variant = tool.split(":")[2] if tool.count(":") > 1 else ""
+    opts = {"in-model": {"in_model_preprocess": True}, "fast": {"fast_decode": True}}.get(variant, {})
     with unideploy.load(model, backend=backend, conf=0.25, iou=0.7, **opts) as p:
         for out in p.stream(images):
             n += 1
@@ -80,13 +81,15 @@ def main() -> None:
     if args.ov:
         ov_dir = str(Path(args.ov).parent)
         configs += [("ultralytics", ov_dir, "openvino"), ("unideploy:openvino", args.ov, "openvino"),
-                    ("unideploy:openvino:in-model", args.ov, "openvino")]  # PrePostProcessor, at any precision
+                    ("unideploy:openvino:in-model", args.ov, "openvino"),  # PrePostProcessor, at any precision
+                    ("unideploy:openvino:fast", args.ov, "openvino")]  # --fast-decode (JPEG DCT scaling)
+    configs.insert(2, ("unideploy:onnxruntime:fast", args.model, "onnxruntime"))
     results: dict[tuple[str, str], list[dict]] = {}
     for rep in range(args.repeats):
         for tool, model, backend in configs:
             r = run_child(tool, model, args.images)
-            results.setdefault((tool.split(":")[0] + (":in-model" if tool.endswith(":in-model") else ""), backend),
-                               []).append(r)
+            name = tool.split(":")[0] + (":" + tool.split(":")[2] if tool.count(":") > 1 else "")
+            results.setdefault((name, backend), []).append(r)
             print(f"  run {rep + 1}/{args.repeats} {tool:<22} {backend:<12} {r['ips']:.1f} img/s  cold {r['cold_s']:.2f} s  rss {r['rss_mb']:.0f} MB", file=sys.stderr)
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("ips", "cold_s", "rss_mb")} for k, v in results.items()}
     rows = []
@@ -95,9 +98,14 @@ def main() -> None:
         print(f"{backend:<12} {tool:<12} {m['ips']:>9.1f} {m['cold_s']:>13.2f} {m['rss_mb']:>12.0f}")
         rows.append({"backend": backend, "tool": tool, **m})
     ratios = {}
-    for backend in ("onnxruntime", "openvino"):
-        u, o = med.get(("ultralytics", backend)), med.get(("unideploy", backend))
+    for backend, tool in [(b, t) for b in ("onnxruntime", "openvino") for t in ("unideploy", "unideploy:in-model",
+                                                                              "unideploy:fast")]:
+        u, o = med.get(("ultralytics", backend)), med.get((tool, backend))
         if u and o:
+            if tool != "unideploy":
+                ratios[f"{backend} {tool.split(':')[1]}"] = {"throughput_x": o["ips"] / u["ips"]}
+                print(f"{backend} {tool}: throughput {o['ips'] / u['ips']:.2f}x Ultralytics")
+                continue
             ratios[backend] = {"throughput_x": o["ips"] / u["ips"], "cold_start_fraction": o["cold_s"] / u["cold_s"],
                                "rss_fraction": o["rss_mb"] / u["rss_mb"]}
             print(f"{backend}: throughput {ratios[backend]['throughput_x']:.2f}x Ultralytics, cold start "

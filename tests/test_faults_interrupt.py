@@ -243,4 +243,6 @@ def test_eval_interrupted_exits_143_with_one_line(tmp_path):
     assert proc.returncode == 143, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("interrupted by SIGTERM") and "Traceback" not in err, err
+    # stopped while loading: no count; while evaluating: how many of the 150 images were predicted
+    assert re.fullmatch(r"interrupted by SIGTERM(: \d+ of 150 image\(s\) done)?", lines[-1]), lines[-1]
     assert not report.exists() and not list(tmp_path.iterdir())

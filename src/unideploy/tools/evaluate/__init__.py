@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from unideploy.core.errors import SourceError
+from unideploy.core.interrupts import Progress, note_progress
 from unideploy.core.progress import progress_bar
 from unideploy.core.sinks import coco_records
 from unideploy.tools.evaluate.datasets import Dataset, load_dataset
@@ -110,14 +111,20 @@ def evaluate_detection(
     skipped: list[str] = []
     with progress_bar(len(paths), "eval", enabled=progress) as bar:
         t0 = time.perf_counter()
-        for out in predictor.stream(paths, conf=conf, iou=iou, max_det=max_det):
-            if out.ok:
-                records.extend(coco_records(out.result, out.item.index + 1, out.item.name))
-                if on_result is not None:
-                    on_result(out)
-            else:
-                skipped.append(f"{out.item.name}: {out.error}")
-            bar.update(1)
+        done = 0
+        try:
+            for out in predictor.stream(paths, conf=conf, iou=iou, max_det=max_det):
+                if out.ok:
+                    records.extend(coco_records(out.result, out.item.index + 1, out.item.name))
+                    if on_result is not None:
+                        on_result(out)
+                else:
+                    skipped.append(f"{out.item.name}: {out.error}")
+                done += 1
+                bar.update(1)
+        except KeyboardInterrupt as e:  # SIGINT/SIGTERM: the command line says how far it got (no mAP is written)
+            note_progress(e, Progress(done, len(paths), "image"))
+            raise
         seconds = time.perf_counter() - t0
     gt = dataset.to_coco()
     if skipped:  # an unreadable image cannot be scored: leave it out of the ground truth too

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from unideploy.core.errors import InputError, SourceError
+from unideploy.core.interrupts import Progress, note_progress
 from unideploy.core.progress import progress_bar
 from unideploy.core.sources import _is_image
 
@@ -111,20 +112,26 @@ def evaluate_classification(
     hits1 = hits5 = 0
     with progress_bar(len(files), "eval", enabled=progress) as bar:
         t0 = time.perf_counter()
-        for out in predictor.stream(files, top_k=k):
-            bar.update(1)
-            if not out.ok:
-                skipped.append(f"{out.item.name}: {out.error}")
-                continue
-            label = labels[out.item.index]
-            top = _top_k(out.result, k)
-            entry = per[folder_of[out.item.index]]
-            entry["images"] += 1
-            h1, h5 = int(top[0] == label), int(label in top)
-            entry["top1"] += h1
-            entry["top5"] += h5
-            hits1 += h1
-            hits5 += h5
+        done = 0
+        try:
+            for out in predictor.stream(files, top_k=k):
+                bar.update(1)
+                done += 1
+                if not out.ok:
+                    skipped.append(f"{out.item.name}: {out.error}")
+                    continue
+                label = labels[out.item.index]
+                top = _top_k(out.result, k)
+                entry = per[folder_of[out.item.index]]
+                entry["images"] += 1
+                h1, h5 = int(top[0] == label), int(label in top)
+                entry["top1"] += h1
+                entry["top5"] += h5
+                hits1 += h1
+                hits5 += h5
+        except KeyboardInterrupt as e:  # SIGINT/SIGTERM: the command line says how far it got
+            note_progress(e, Progress(done, len(files), "image"))
+            raise
         seconds = time.perf_counter() - t0
     n = len(files) - len(skipped)
     for entry in per.values():

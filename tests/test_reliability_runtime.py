@@ -64,12 +64,28 @@ def files(tmp_path_factory) -> list[Path]:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_short_soak_passes(tiny, soak_module, soak_data, backend):
+def test_short_soak_passes(tiny, soak_data, backend):
+    # In a fresh process, as a soak runs in practice: inside a pytest process that has already run hundreds of tests,
+    # threads other tests left behind (Ray's driver, servers) open and close files of their own while the soak counts
+    # this process's open files (seen once: "open files grew 34 -> 35" in the full suite, never alone).
     images, video = soak_data
-    r = soak_module.soak(model_for(tiny, backend), backend, images, video, 2000, progress=False, threads=1)
-    assert r.predictions == 2000 and r.video_frames > 400 and r.errors == 0
-    assert r.passed, r.reasons
-    assert r.limit_mb <= 100 and len(r.samples) >= 50 and len(r.cycles) >= 3
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('unideploy_soak', {str(REPO / 'benchmarks' / 'soak.py')!r})\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)\n"
+        f"r = mod.soak({str(model_for(tiny, backend))!r}, {backend!r}, {[str(p) for p in images]!r}, "
+        f"{str(video)!r}, 2000, progress=False, threads=1)\n"
+        "print('RESULT ' + json.dumps({'passed': r.passed, 'reasons': r.reasons, 'predictions': r.predictions, "
+        "'video_frames': r.video_frames, 'errors': r.errors, 'limit_mb': r.limit_mb, 'samples': len(r.samples), "
+        "'cycles': len(r.cycles)}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=880)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-2000:]
+    r = json.loads(line[-1][7:])
+    assert r["predictions"] == 2000 and r["video_frames"] > 400 and r["errors"] == 0, r
+    assert r["passed"], r["reasons"]
+    assert r["limit_mb"] <= 100 and r["samples"] >= 50 and r["cycles"] >= 3, r
 
 
 @pytest.mark.timeout(900)

@@ -5,7 +5,7 @@ Adding a family is one module with an :class:`~unideploy.runtime.families.base.A
 
 Example:
     >>> list_families()
-    ['classify', 'nanodet', 'rtdetr', 'yolo', 'yolo_obb', 'yolo_pose', 'yolo_seg', 'yolov5', 'yolox']
+    ['classify', 'nanodet', 'rtdetr', 'yolo', 'yolo_obb', 'yolo_pose', 'yolo_seg', 'yolov5', 'yolov5_seg', 'yolox']
     >>> get_adapter("yolox").postprocess_defaults["iou"]
     0.45
 """

@@ -33,16 +33,20 @@ pytestmark = pytest.mark.timeout(600)
 MODEL = REPO / "src/unideploy/assets/demo/shapes_yolov8.onnx"
 VAL = REPO / "src/unideploy/assets/demo/val"
 CLI = [sys.executable, "-m", "unideploy"]
-N_GOOD = 30
+#: 30 demo validation images, 8 copies each: long enough that a run on an idle machine is still going when the
+#: random interrupt (0-0.4 s after its first output) comes, several times over (with 30 the runs could finish first)
+COPIES = 8
+N_GOOD = 30 * COPIES
 LINE = re.compile(r"^interrupted by (SIGINT|SIGTERM): (\d+) of (\d+) (image|sample)\(s\) done")
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    """30 demo validation images and one text file named .jpg among them (a skipped item)."""
+    """240 demo validation images (30, 8 copies each) and one text file named .jpg among them (a skipped item)."""
     d = tmp_path_factory.mktemp("interrupt_images")
-    for p in sorted((VAL / "images").iterdir())[:N_GOOD]:
-        shutil.copy(p, d / p.name)
+    for p in sorted((VAL / "images").iterdir())[:30]:
+        for k in range(COPIES):
+            shutil.copy(p, d / f"{p.stem}_{k}{p.suffix}")
     (d / "val_00010b.jpg").write_text("not an image\n")
     return d
 
@@ -236,7 +240,7 @@ def test_eval_interrupted_exits_143_with_one_line(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ})
     while proc.poll() is None and not handles_sigterm(proc.pid):
         time.sleep(0.01)
-    time.sleep(2.0)  # loading or evaluating
+    time.sleep(0.5)  # loading or evaluating (on an idle machine the whole eval of 150 images takes about 2 s)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -48,6 +48,29 @@ def _v5_layout(spec: ModelSpec, pred: TensorInfo, nm: int) -> bool:
     return any(n == ANCHORS_PER_CELL * count_cells(spec.imgsz, s) for s in STRIDE_SETS)
 
 
+def _pred_and_protos(spec: ModelSpec, outputs: list[np.ndarray], model: str,
+                     layout: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The detections and prototype outputs as float32 and the input/prototype ratio, or a one-line ModelError."""
+    preds = [x for x in outputs if x.ndim == 3]
+    protos = [x for x in outputs if x.ndim == 4]
+    if len(preds) != 1 or len(protos) != 1:
+        raise ModelError(f"{model} model: expected one {layout} output and one (B, nm, h, w) prototype "
+                         f"output, got shapes {[tuple(x.shape) for x in outputs]}")
+    proto = np.asarray(protos[0], np.float32)
+    ratio = max(1, round(spec.imgsz[0] / proto.shape[2]))  # type: ignore[index]
+    return np.asarray(preds[0], np.float32), proto, ratio
+
+
+def _segmentations(spec: ModelSpec, protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                   cls: np.ndarray, info: LetterboxInfo, ratio: int) -> Segmentations:
+    """Boxes (input pixels, mapped back here) + mask coefficients of one image -> its result; instances whose mask
+    is empty are dropped, as YOLOv5 and Ultralytics do (N = 0 too)."""
+    unletterbox_boxes(boxes, info)
+    masks = assemble_masks(protos, coeffs, boxes, info.orig_shape, ratio)
+    keep = masks.any(axis=(1, 2))
+    return Segmentations(boxes[keep], scores[keep], cls[keep], spec.names, info.orig_shape, masks=Masks(masks[keep]))
+
+
 class YoloSegAdapter(YoloAdapter):
     """Ultralytics ``-seg`` models -> :class:`~unideploy.core.results.Segmentations` (masks at the image size).
 
@@ -87,15 +110,9 @@ class YoloSegAdapter(YoloAdapter):
     def postprocess(self, outputs: list[np.ndarray], infos: list[LetterboxInfo],
                     options: PostprocessOptions | None = None) -> list[Segmentations]:
         o = self.resolve_options(options)
-        preds = [x for x in outputs if x.ndim == 3]
-        protos = [x for x in outputs if x.ndim == 4]
-        if len(preds) != 1 or len(protos) != 1:
-            raise ModelError(f"segmentation model: expected one (B, C, N) output and one (B, nm, h, w) prototype "
-                             f"output, got shapes {[tuple(x.shape) for x in outputs]}")
-        out, proto = np.asarray(preds[0], np.float32), np.asarray(protos[0], np.float32)
+        out, proto, ratio = _pred_and_protos(self.spec, outputs, "segmentation", "(B, C, N)")
         nm = proto.shape[1]
         e2e = self.spec.end2end if self.spec.end2end is not None else (out.shape[2] == 6 + nm and out.shape[1] != 6 + nm)
-        ratio = max(1, round(self.spec.imgsz[0] / proto.shape[2]))  # type: ignore[index]
         results = []
         for pred, pr, info in zip(out, proto, infos):
             if e2e:
@@ -105,11 +122,7 @@ class YoloSegAdapter(YoloAdapter):
                 nc = self.spec.num_classes or pred.shape[0] - 4 - nm
                 boxes, scores, cls, idx = yolo_nms(pred, nc, o.conf, o.iou, o.max_det, o.agnostic, o.classes)
                 coeffs = pred[4 + nc: 4 + nc + nm, idx].T
-            unletterbox_boxes(boxes, info)
-            masks = assemble_masks(pr, coeffs, boxes, info.orig_shape, ratio)
-            keep = masks.any(axis=(1, 2))  # Ultralytics drops instances whose mask is empty (N = 0 too)
-            results.append(Segmentations(boxes[keep], scores[keep], cls[keep], self.spec.names, info.orig_shape,
-                                         masks=Masks(masks[keep])))
+            results.append(_segmentations(self.spec, pr, coeffs, boxes, scores, cls, info, ratio))
         return results
 
 
@@ -137,22 +150,11 @@ class Yolov5SegAdapter(Yolov5Adapter):
     def postprocess(self, outputs: list[np.ndarray], infos: list[LetterboxInfo],
                     options: PostprocessOptions | None = None) -> list[Segmentations]:
         o = self.resolve_options(options)
-        preds = [x for x in outputs if x.ndim == 3]
-        protos = [x for x in outputs if x.ndim == 4]
-        if len(preds) != 1 or len(protos) != 1:
-            raise ModelError(f"YOLOv5-seg model: expected one (B, N, 5+nc+nm) output and one (B, nm, h, w) prototype "
-                             f"output, got shapes {[tuple(x.shape) for x in outputs]}")
-        out, proto = np.asarray(preds[0], np.float32), np.asarray(protos[0], np.float32)
+        out, proto, ratio = _pred_and_protos(self.spec, outputs, "YOLOv5-seg", "(B, N, 5+nc+nm)")
         nm = proto.shape[1]
-        ratio = max(1, round(self.spec.imgsz[0] / proto.shape[2]))  # type: ignore[index]
         results = []
         for pred, pr, info in zip(out, proto, infos):
             boxes, scores, cls, idx = self._nms(pred[:, :-nm], o.conf, o.iou, o.max_det, o.agnostic, o.classes,
                                                 return_rows=True)
-            coeffs = pred[idx, -nm:]
-            unletterbox_boxes(boxes, info)
-            masks = assemble_masks(pr, coeffs, boxes, info.orig_shape, ratio)
-            keep = masks.any(axis=(1, 2))  # as YOLOv5 / Ultralytics: an instance whose mask is empty is dropped
-            results.append(Segmentations(boxes[keep], scores[keep], cls[keep], self.spec.names, info.orig_shape,
-                                         masks=Masks(masks[keep])))
+            results.append(_segmentations(self.spec, pr, pred[idx, -nm:], boxes, scores, cls, info, ratio))
         return results

@@ -65,6 +65,22 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def task_demo_onnx(tmp_path_factory) -> dict[str, Path]:
+    """The bundled -seg/-pose/-obb demo checkpoints exported to ONNX at 96 px (Ultralytics' exporter), once per
+    session: the accelerator and Serve task tests share them."""
+    import unideploy
+    from unideploy.apps.demo import ASSETS
+
+    d = tmp_path_factory.mktemp("task_demo_onnx")
+    out = {}
+    for t in ("seg", "pose", "obb"):
+        pt = d / f"{t}.pt"
+        shutil.copy(ASSETS / f"shapes_yolov8_{t}.pt", pt)
+        out[t] = Path(unideploy.export(pt, to="onnx", imgsz=96))
+    return out
+
+
+@pytest.fixture(scope="session")
 def image_dir(tmp_path_factory) -> Path:
     """22 images: portrait, landscape, tiny, large, square, grayscale JPEG, grayscale PNG, PNG with alpha."""
     d = tmp_path_factory.mktemp("images")

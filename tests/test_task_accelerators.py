@@ -34,15 +34,9 @@ FAMILY = {"seg": "yolo_seg", "pose": "yolo_pose", "obb": "yolo_obb"}
 
 
 @pytest.fixture(scope="module")
-def task_onnx(tmp_path_factory) -> dict[str, Path]:
-    """Each demo checkpoint exported to ONNX at IMGSZ (Ultralytics' exporter, the task's outputs)."""
-    d = tmp_path_factory.mktemp("task_acc")
-    out = {}
-    for t in TASKS:
-        pt = d / f"{t}.pt"
-        shutil.copy(ASSETS / f"shapes_yolov8_{t}.pt", pt)
-        out[t] = Path(unideploy.export(pt, to="onnx", imgsz=IMGSZ))
-    return out
+def task_onnx(task_demo_onnx) -> dict[str, Path]:
+    """Each demo checkpoint exported to ONNX at IMGSZ (Ultralytics' exporter, the task's outputs; conftest.py)."""
+    return task_demo_onnx
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ routes, and each answer equals the single-process ``predict`` records (mask RLE,
 
 from __future__ import annotations
 
-import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +12,19 @@ import pytest
 
 import unideploy
 from unideploy.apps.demo import ASSETS
+from unideploy.testing import free_port
 
 pytest.importorskip("ultralytics")
 pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
-IMGSZ = 96
 TASKS = ("seg", "pose", "obb")
 FIELDS = {"seg": ("mask",), "pose": ("keypoints",), "obb": ("xywhr", "poly")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def task_models(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("task_serve")
-    out = {}
-    for t in TASKS:
-        pt = d / f"{t}.pt"
-        shutil.copy(ASSETS / f"shapes_yolov8_{t}.pt", pt)
-        out[t] = Path(unideploy.export(pt, to="onnx", imgsz=IMGSZ))
-    return out
+def task_models(task_demo_onnx) -> dict[str, Path]:
+    return task_demo_onnx  # conftest.py: the three demo checkpoints exported at 96 px
 
 
 @pytest.fixture(scope="module")

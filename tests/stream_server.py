@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
+
+from unideploy.testing import free_port
 
 __all__ = ["MjpegServer", "frame_number"]
 
@@ -38,7 +39,7 @@ class MjpegServer:
 
     def __init__(self, fps: float = 60.0, port: int = 0) -> None:
         self.fps = fps
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.counter = 0
         self.frames = 0
         self._server: ThreadingHTTPServer | None = None
@@ -88,9 +89,3 @@ class MjpegServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -123,6 +123,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "file's own precision")
     p.add_argument("--trust-pickle", action="store_true",
                    help="fully unpickle .pt checkpoints the safe loader refuses (runs any code in the file)")
+    p.add_argument("--hint", choices=("latency", "throughput"), default=None,
+                   help="runtime scheduling where it has one (OpenVINO, ONNX Runtime CPU): latency = one run at a "
+                        "time over every core; throughput = several runs in flight (default: throughput for "
+                        "predict/eval over files, latency otherwise); outputs are the same")
 
 
 def model_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +135,7 @@ def model_args(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend, "device": args.device, "imgsz": args.imgsz, "batch": args.batch,
         "family": args.family, "threads": args.threads, "sha256": getattr(args, "model_sha256", None),
         "precision": getattr(args, "precision", None), "trust_pickle": getattr(args, "trust_pickle", False),
+        "hint": getattr(args, "hint", None),
     }
 
 

@@ -27,17 +27,32 @@ from unideploy.core.sinks import CocoJsonSink, ImageSink, JsonLinesSink, Sink, S
 from unideploy.core.sources import Source, VideoStats
 from unideploy.tools.resume import SinkRun, output_anchor
 
-__all__ = ["LOAD_ARGS", "MODEL_ARGS", "POSTPROCESS_ARGS", "PredictSummary", "load_kwargs", "predict"]
+__all__ = ["LOAD_ARGS", "MODEL_ARGS", "POSTPROCESS_ARGS", "PredictSummary", "batch_hint", "load_kwargs", "predict"]
 
 #: arguments that open the model (as for :func:`unideploy.load`)
 MODEL_ARGS = ("backend", "device", "imgsz", "batch", "family", "threads", "sha256", "precision", "trust_pickle",
-              "fast_decode")
+              "fast_decode", "hint")
 #: arguments that choose what postprocessing keeps (None: the model family's default)
-POSTPROCESS_ARGS = ("conf", "iou", "max_det", "agnostic", "classes")
+POSTPROCESS_ARGS = ("conf", "iou", "max_det", "agnostic", "classes", "retina_masks")
 #: every argument :func:`load_kwargs` takes: the model's, postprocessing's, and ``backend_options``
 LOAD_ARGS = (*MODEL_ARGS, *POSTPROCESS_ARGS, "backend_options")
 
 PathOrSink = str | os.PathLike | Sink | None
+
+
+def batch_hint(hint: str | None, backend_options: Mapping[str, Any] | None) -> str | None:
+    """The runtime hint for a batch job: ``hint``, else "throughput" unless ``backend_options`` sets one. What
+    :func:`predict` and ``eval`` use when they open a model for a folder, file list or video file (images/s counts
+    there, not one image's latency). Runtimes without the setting ignore it (``SHARED_OPTIONS``); outputs do not
+    change.
+
+    Example:
+        >>> batch_hint(None, None), batch_hint("latency", None), batch_hint(None, {"hint": "latency"})
+        ('throughput', 'latency', None)
+    """
+    if hint is not None or (backend_options and "hint" in backend_options):
+        return hint
+    return "throughput"
 
 
 def load_kwargs(**args: Any) -> dict[str, Any]:
@@ -120,12 +135,14 @@ def predict(
     precision: str | None = None,
     trust_pickle: bool = False,
     fast_decode: bool = False,
+    hint: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     conf: float | None = None,
     iou: float | None = None,
     max_det: int | None = None,
     agnostic: bool | None = None,
     classes: Sequence[int] | None = None,
+    retina_masks: bool | None = None,
     vid_stride: int = 1,
     save_json: PathOrSink = None,
     save_txt: PathOrSink = None,
@@ -144,9 +161,12 @@ def predict(
             :class:`~unideploy.runtime.predictor.Predictor` (left open; the model arguments must then be unset).
         source: an image, a folder, a glob, a video file, a stream URL, or a list of paths or BGR arrays.
         backend, device, imgsz, batch, family, threads, sha256, precision, trust_pickle: as for
-            :func:`unideploy.load`. backend_options: further runtime settings (``hint``, ``cache_dir``, ...).
+            :func:`unideploy.load`. backend_options: further runtime settings (``cache_dir``, ...).
+        hint: "latency" or "throughput" where the runtime has the setting (OpenVINO, ONNX Runtime CPU); over files
+            (not a live stream) the default is "throughput" (:func:`batch_hint`). Outputs are the same.
         fast_decode: decode large JPEGs at the scale the model needs (see :class:`~unideploy.runtime.predictor.Predictor`).
         conf, iou, max_det, agnostic, classes: what postprocessing keeps (None: the model family's default).
+        retina_masks: segmentation masks at the image size (None/True) or by Ultralytics' default path (False).
         vid_stride: use every N-th video frame.
         save_json: COCO results JSON. save_txt: a folder of YOLO txt labels. save_img: a folder of annotated
             images (for a video source without ``save_video``: one annotated video ``<save_img>/<name>.mp4``).
@@ -176,18 +196,21 @@ def predict(
     from unideploy.runtime.predictor import Predictor
 
     src = source if isinstance(source, Source) else Source(source, vid_stride)
-    post = {"conf": conf, "iou": iou, "max_det": max_det, "agnostic": agnostic, "classes": classes}
+    post = {"conf": conf, "iou": iou, "max_det": max_det, "agnostic": agnostic, "classes": classes,
+            "retina_masks": retina_masks}
     opened = not isinstance(model, Predictor)
+    if opened and not isinstance(src.video, str):  # files: a batch job (a live stream keeps the latency hint)
+        hint = batch_hint(hint, backend_options)
     if opened:
         predictor = load(model, **load_kwargs(
             backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads, sha256=sha256,
-            precision=precision, trust_pickle=trust_pickle, fast_decode=fast_decode, backend_options=backend_options,
-            **post))
+            precision=precision, trust_pickle=trust_pickle, fast_decode=fast_decode, hint=hint,
+            backend_options=backend_options, **post))
         overrides: dict[str, Any] = {}
     else:
         given = load_kwargs(backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads,
                             sha256=sha256, precision=precision, trust_pickle=trust_pickle, fast_decode=fast_decode,
-                            backend_options=backend_options)
+                            hint=hint, backend_options=backend_options)
         if given:
             raise InputError(f"{', '.join(given)}: these open a model; predict() was given an open Predictor")
         predictor = model

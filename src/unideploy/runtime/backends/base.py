@@ -47,8 +47,9 @@ __all__ = ["TensorInfo", "Timings", "Session", "AsyncRunner", "Backend", "Backen
 
 #: options any caller may give every backend (the CLI's ``--threads``, ``--precision``, ``--trust-pickle``);
 #: a backend that does not declare one ignores it, any other unknown key is an error; ``in_model_preprocess``:
-#: whether a backend that can run the preprocessing inside the model (OpenVINO) may do so
-SHARED_OPTIONS = frozenset({"threads", "precision", "trust_pickle", "in_model_preprocess"})
+#: whether a backend that can run the preprocessing inside the model (OpenVINO) may do so; ``hint``: "latency" or
+#: "throughput" where the runtime has such a setting (OpenVINO, ONNX Runtime's CPU provider)
+SHARED_OPTIONS = frozenset({"threads", "precision", "trust_pickle", "in_model_preprocess", "hint"})
 
 
 @dataclass(frozen=True)

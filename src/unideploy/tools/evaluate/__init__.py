@@ -74,7 +74,8 @@ def evaluate(
     from unideploy.runtime.predictor import Predictor
 
     own = not isinstance(model, Predictor)
-    predictor = load(model, backend, device, **load_kwargs) if own else model
+    # a dataset is a batch job: the throughput hint unless one is given (see tools.predict.batch_hint)
+    predictor = load(model, backend, device, **{"hint": "throughput", **load_kwargs}) if own else model
     try:
         data_p = Path(data)
         if predictor.task == "classify" or _is_class_folder(data_p):

@@ -170,3 +170,18 @@ def test_bench_takes_fast_decode_and_says_where_preprocessing_runs(large_jpegs):
     assert report["runs"][0]["batches"][0]["e2e"]["images_per_s"] > 0
     text = render(report)
     assert "--fast-decode" in text and "preprocessing in" in text
+
+
+def test_compare_reports_fast_decode_differences(large_jpegs):
+    """``compare`` with ``fast_decode`` on one side: the tensor level feeds both the same input (identical), the task
+    level each side's own decode — the box differences the fast path makes, on every image."""
+    folder, _ = large_jpegs
+    r = unideploy.compare(MODEL, MODEL, folder, cand_options={"fast_decode": True})
+    same = unideploy.compare(MODEL, MODEL, folder)
+    assert any("fast_decode" in n for n in r.notes) and not any("fast_decode" in n for n in same.notes)
+    assert r.tensors[0].max_abs == 0  # same input to both at the tensor level
+    d, e = r.detection, same.detection
+    assert d.matched >= 0.9 * d.ref_boxes and e.matched == e.ref_boxes
+    assert e.shift_px_max == 0 and d.shift_px_max > 0  # the fast decode moved boxes; the exact path did not
+    flipped = unideploy.compare(MODEL, MODEL, folder, ref_options={"fast_decode": True})
+    assert flipped.detection.matched == d.matched and flipped.detection.shift_px_max == pytest.approx(d.shift_px_max)

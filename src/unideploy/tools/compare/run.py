@@ -55,24 +55,32 @@ def _task_options(p: Any, conf: float) -> PostprocessOptions:
 
 
 def _images(data: Any, random: bool, samples: int | None, shape: tuple[int, int], seed: int,
-            skipped: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
+            skipped: list[tuple[str, str]], scales: tuple[Any, Any] = (None, None),
+            ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, the reference's image, the candidate's image): the same array, except where a side decodes large
+    JPEG files at a reduced scale (``fast_decode``; ``scales`` holds each side's ``decode_factor`` or None)."""
     if random:
         rng = np.random.default_rng(seed)
         h, w = shape
         for i in range(samples or 8):
-            yield f"random{i:03d}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            yield f"random{i:03d}", img, img
         return
+    from unideploy.core.sources import read_image
+
     n = 0
     for item in data:
         if samples is not None and n >= samples:
             return
         try:
             img = item.load()
+            path = getattr(item, "path", None)
+            ref, cand = ((img if f is None or path is None else read_image(path, decode_scale=f)) for f in scales)
         except UnideployError as e:
             skipped.append((item.name, str(e)))
             continue
         n += 1
-        yield item.name, img
+        yield item.name, ref, cand
 
 
 def _same_tensor(a: np.ndarray, b: np.ndarray) -> bool:
@@ -131,9 +139,12 @@ class Comparison:
                              f"its options)")
 
     # -- one image ------------------------------------------------------------------------------------
-    def add(self, name: str, img: np.ndarray) -> None:
-        """Feed one decoded image to both sides and update the statistics."""
+    def add(self, name: str, img: np.ndarray, cand_img: np.ndarray | None = None) -> None:
+        """Feed one decoded image to both sides and update the statistics. ``cand_img``: the candidate's own
+        decode of the same file where it differs (fast decode); the tensor level still gives both sides the
+        reference's input, the task level gives each its own."""
         ref_p, cand_p = self.ref_p, self.cand_p
+        own_img = img if cand_img is None else cand_img
         x, info = ref_p.preprocess(img)
         xb = x[None]
         if self.first_x is None:
@@ -142,7 +153,7 @@ class Comparison:
         # the candidate's own preprocessing of this image, computed once: its input in its own encoding
         # (tensor level, see below) and the task level's input
         task = self.do_task and self.unknown_result is None
-        xc, info_c = cand_p.preprocess(img) if self.own_encoding or task else (None, None)
+        xc, info_c = cand_p.preprocess(own_img) if self.own_encoding or task else (None, None)
         out_cand_same: list[np.ndarray] | None = None
         if self.do_tensor and self.tensor_input_error is None:
             out_cand_same, xc, info_c = self._candidate_same_input(img, xb, xc, info_c)
@@ -314,8 +325,14 @@ def run_comparison(ref_p: Any, cand_p: Any, ref_label: str, cand_label: str, dat
         data = data if isinstance(data, Source) else Source(data)  # fails here when it names nothing
         total = len(data) if samples is None else min(samples, len(data))
     with progress_bar(total, "compare", enabled=progress, leave=False) as bar:
-        for name, img in _images(data, random, samples, ref_p.spec.imgsz, seed, result.skipped):
-            run.add(name, img)
+        scales = tuple(p.adapter.decode_factor if getattr(p, "fast_decode", False) else None for p in (ref_p, cand_p))
+        for side, f in zip(("reference", "candidate"), scales):
+            if f is not None and not random:
+                result.notes.append(f"the {side} decodes large JPEG files at a reduced scale (fast_decode): the task "
+                                    "level includes what that changes; the tensor level feeds both the reference's "
+                                    "input")
+        for name, img, cand_img in _images(data, random, samples, ref_p.spec.imgsz, seed, result.skipped, scales):
+            run.add(name, img, None if cand_img is img else cand_img)
             bar.update(1)
     if not result.samples:
         why = "; ".join(f"{n}: {r}" for n, r in result.skipped[:3])

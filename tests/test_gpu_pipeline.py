@@ -82,6 +82,15 @@ def test_refuses_cpu_without_allow_cpu(tmp_path):
         GpuPredictor(path, device="cpu", imgsz=64, spec={"names": {i: str(i) for i in range(80)}, "family": "yolo"})
 
 
+def test_refuses_fast_decode_in_one_line(torch_models):
+    """nvJPEG decodes at full size: fast_decode is refused before the model is opened, naming the option."""
+    from unideploy.core.errors import OptionError
+    from unideploy.runtime.gpu import GpuPredictor
+
+    with pytest.raises(OptionError, match="^fast_decode the GPU predictor decodes JPEGs at full size"):
+        GpuPredictor(torch_models["pt"], device="cpu", allow_cpu=True, fast_decode=True)
+
+
 def test_selection_rule():
     from unideploy.runtime.gpu import wants_gpu_predictor
 

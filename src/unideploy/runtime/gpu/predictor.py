@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from unideploy.core.errors import DeviceError, ImageDecodeError, ModelError, UnideployError
+from unideploy.core.errors import DeviceError, ImageDecodeError, ModelError, OptionError, UnideployError
 from unideploy.core.options import PostprocessOptions
 from unideploy.core.results import Detections
 from unideploy.core.sources import Item, Source, read_image
@@ -84,6 +84,9 @@ class GpuPredictor(Predictor):
 
     def __init__(self, model: Any, device: str = "cuda:0", *, batch: int | None = None, allow_cpu: bool = False, **kwargs: Any) -> None:
         kwargs.pop("backend", None)
+        if kwargs.get("fast_decode"):  # nvJPEG has no DCT-scaled decode: refuse rather than ignore it
+            raise OptionError("fast_decode", "the GPU predictor decodes JPEGs at full size with nvJPEG (no reduced-scale "
+                                             "decode there); drop fast_decode, or use backend onnxruntime/openvino")
         # None (also the CLI without --batch) means this predictor's default, not the CPU predictor's 1
         super().__init__(model, "torch", device, batch=DEFAULT_BATCH if batch is None else batch, **kwargs)
         try:

@@ -185,3 +185,23 @@ def test_compare_reports_fast_decode_differences(large_jpegs):
     assert e.shift_px_max == 0 and d.shift_px_max > 0  # the fast decode moved boxes; the exact path did not
     flipped = unideploy.compare(MODEL, MODEL, folder, ref_options={"fast_decode": True})
     assert flipped.detection.matched == d.matched and flipped.detection.shift_px_max == pytest.approx(d.shift_px_max)
+
+
+@pytest.mark.parametrize("task, check", [
+    ("seg", lambda t: t.mask_iou_mean >= 0.9 and t.mask_iou_p5 >= 0.8),  # measured 0.958 / 0.883
+    ("pose", lambda t: t.oks_mean >= 0.95),  # measured 0.989 (keypoints mean 16 px in ~2,900 px images)
+    ("obb", lambda t: t.rotated_iou_mean >= 0.85 and t.angle_deg_max <= 5),  # measured 0.929, 1.8 deg
+])
+def test_fast_decode_maps_masks_keypoints_and_rotated_boxes_back(task, check, tmp_path):
+    """The task demo models on five of their validation images enlarged 5x (2,200-3,000 px, decoded at 1/8 for the
+    160 px models): the fast path's masks, keypoints and rotated boxes land on the exact path's in full-image pixels
+    (a wrong mapping puts them elsewhere: IoU / OKS near 0). The limits leave room for the small demo models'
+    sensitivity to the pixels the reduced decode changes."""
+    for f in sorted((DEMO / f"val_{task}" / "images").glob("*"))[:5]:
+        big = cv2.resize(cv2.imread(str(f)), None, fx=5, fy=5, interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(tmp_path / f"{f.stem}.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    model = DEMO / f"shapes_yolov8_{task}.onnx"
+    r = unideploy.compare(model, model, tmp_path, cand_options={"fast_decode": True})
+    assert r.detection.matched >= 0.9 * r.detection.ref_boxes > 0
+    assert r.instances is not None and r.instances.pairs >= 0.9 * r.detection.ref_boxes
+    assert check(r.instances), r.instances

@@ -24,7 +24,7 @@ from unideploy.core.errors import InputError, SourceError
 from unideploy.core.sinks import JsonLinesSink, Sink, Sinks
 from unideploy.core.sources import Source, VideoStats, is_stream_url
 from unideploy.core.streams import LiveSource, StreamOptions
-from unideploy.tools.predict import load_kwargs
+from unideploy.tools.predict import batch_hint, load_kwargs
 from unideploy.tools.track_sinks import MotSink, TrackVideoSink
 
 __all__ = ["TrackSummary", "track"]
@@ -78,6 +78,7 @@ def track(
     sha256: str | Sequence[str] | None = None,
     precision: str | None = None,
     trust_pickle: bool = False,
+    hint: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     conf: float | None = None,
     iou: float | None = None,
@@ -98,8 +99,8 @@ def track(
         source: a video file, a stream URL, or a folder / list of frames (tracked as one sequence).
         tracker: "bytetrack", "botsort", or a tracker YAML in Ultralytics' keys.
         tracker_config: a tracker YAML (or mapping) overriding the tracker's defaults.
-        backend, device, imgsz, batch, family, threads, sha256, precision, trust_pickle, backend_options: as for
-            :func:`unideploy.predict`.
+        backend, device, imgsz, batch, family, threads, sha256, precision, trust_pickle, hint, backend_options: as
+            for :func:`unideploy.predict` (a file source gets the throughput hint by default, a live stream latency).
         conf, iou, max_det, classes: postprocessing (None: the family's default, except ``conf``: 0.1, as in
             Ultralytics' ``track``; the trackers' own thresholds then apply to the boxes kept).
         vid_stride: use every N-th frame.
@@ -116,6 +117,7 @@ def track(
     from unideploy.runtime.tracking.config import tracker_config as resolve
 
     config = resolve(tracker, tracker_config)  # checked before the model is opened
+    opened = not isinstance(model, Predictor)
     post = {"conf": conf, "iou": iou, "max_det": max_det, "classes": classes}
     if isinstance(source, Source):
         src = source
@@ -123,9 +125,11 @@ def track(
         src = LiveSource(str(source), StreamOptions(policy=stream_policy, reconnect=reconnect), vid_stride)
     else:
         src = Source(source, vid_stride)
-    opened = not isinstance(model, Predictor)
+    if opened and not isinstance(src, LiveSource) and not isinstance(src.video, str):  # a file: a batch job
+        hint = batch_hint(hint, backend_options)
     given = load_kwargs(backend=backend, device=device, imgsz=imgsz, batch=batch, family=family, threads=threads,
-                        sha256=sha256, precision=precision, trust_pickle=trust_pickle, backend_options=backend_options)
+                        sha256=sha256, precision=precision, trust_pickle=trust_pickle, hint=hint,
+                        backend_options=backend_options)
     if opened:
         predictor = load(model, **given, **load_kwargs(**post))
         overrides: dict[str, Any] = {}

@@ -8,10 +8,13 @@
 2. Mask postprocess on the same raw outputs of the -seg ONNX (one ONNX Runtime run per image, kept): unideploy's
    adapter postprocess (NMS + masks at the image size) vs Ultralytics' ``SegmentationPredictor.postprocess``
    with ``retina_masks=True`` (masks at the image size, ``process_mask_native``) and with the default
-   (``process_mask``, masks at the letterboxed input size, the cheaper one), per image, medians of 5 passes.
+   (``process_mask``, masks at the letterboxed input size, the cheaper one), per image, medians of 5 passes;
+   and unideploy's ``retina_masks=False`` (the default path, its masks mapped onto the image) vs Ultralytics'
+   default alone and followed by that mapping (``scale_masks`` > 0.5, as its plotting does).
 
     python benchmarks/tasks.py                                  # the demo models, 3 repeats
     python benchmarks/tasks.py --random --imgsz 640 --images 60 --repeats 5
+    python benchmarks/tasks.py --masks-only --out benchmarks/results/tasks_masks.json   # part 2 alone
 """
 
 from __future__ import annotations
@@ -68,6 +71,40 @@ def end_to_end(models: dict, image_dirs: dict, repeats: int) -> dict:
     return out
 
 
+def default_mask_parity(ours: list, theirs: list) -> dict:
+    """unideploy's ``retina_masks=False`` masks vs Ultralytics' default ones mapped onto the image (``scale_masks``,
+    > 0.5) on the same outputs: instances paired by class, box (1 px) and score (1e-3), then mask IoU (two empty
+    masks count as equal)."""
+    import numpy as np
+    from ultralytics.utils import ops
+
+    from unideploy.core.ops.masks import mask_iou
+
+    ious, unmatched, count_diff = [], 0, 0
+    for (a,), (r,) in zip(ours, theirs):
+        count_diff += abs(len(a) - len(r))
+        if r.masks is None or not len(a):
+            continue
+        ref = (ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy()
+        rb, rc, rk = r.boxes.xyxy.numpy(), r.boxes.conf.numpy(), r.boxes.cls.numpy()
+        used = np.zeros(len(rb), bool)
+        for i in range(len(a)):
+            ok = np.flatnonzero(~used & (np.abs(rb - a.xyxy[i]).max(1) <= 1) & (rk == a.class_id[i])
+                                & (np.abs(rc - a.confidence[i]) <= 1e-3))
+            if not ok.size:
+                unmatched += 1
+                continue
+            m = a.masks.data[i]
+            best = [1.0 if not (m.any() or ref[j].any()) else float(mask_iou(m[None], ref[j][None])[0, 0]) for j in ok]
+            j = int(ok[int(np.argmax(best))])
+            used[j] = True
+            ious.append(max(best))
+    v = np.array(ious) if ious else np.zeros(1)
+    return {"matched": len(ious), "unmatched": unmatched, "instance_count_difference": count_diff,
+            "identical_masks": int((v == 1.0).sum()), "mask_iou_mean": round(float(v.mean()), 5),
+            "mask_iou_p5": round(float(np.quantile(v, 0.05)), 5), "mask_iou_min": round(float(v.min()), 5)}
+
+
 def mask_postprocess(onnx_path: Path, files: list[Path], imgsz: int, passes: int = 5) -> dict:
     """Per-image postprocess milliseconds of both on the same raw outputs (see the module docstring)."""
     import numpy as np
@@ -86,9 +123,10 @@ def mask_postprocess(onnx_path: Path, files: list[Path], imgsz: int, passes: int
             outs = sorted(outs, key=lambda o: o.ndim)  # (1, C, N) then the (1, 32, h, w) prototypes
             cases.append((img, x, info, outs))
         opts = pred.postprocess_options()
+        opts_default = pred.postprocess_options(retina_masks=False)
 
-        def ours() -> list:
-            return [pred.adapter.postprocess(o, [info], opts) for _, _, info, o in cases]
+        def ours(o_: object = opts) -> list:
+            return [pred.adapter.postprocess(o, [info], o_) for _, _, info, o in cases]
 
         ul = {}
         for retina in (True, False):
@@ -106,18 +144,35 @@ def mask_postprocess(onnx_path: Path, files: list[Path], imgsz: int, passes: int
                 res.append(p.postprocess([torch.from_numpy(o[0]), torch.from_numpy(o[1])], t, [img]))
             return res
 
-        times: dict[str, list] = {"unideploy": [], "ultralytics_retina": [], "ultralytics_default": []}
+        def ultra_mapped() -> list:  # the default path's masks brought onto the image, as its plotting does
+            from ultralytics.utils import ops
+
+            res = ultra(False)
+            for r in res:
+                if r[0].masks is not None:
+                    ops.scale_masks(r[0].masks.data[None].float(), r[0].orig_shape)[0] > 0.5
+            return res
+
+        times: dict[str, list] = {"unideploy": [], "unideploy_default": [], "ultralytics_retina": [],
+                                  "ultralytics_default": [], "ultralytics_default_mapped": []}
         for _ in range(passes):
-            for name, fn in (("unideploy", ours), ("ultralytics_retina", lambda: ultra(True)),
-                             ("ultralytics_default", lambda: ultra(False))):
+            for name, fn in (("unideploy", ours), ("unideploy_default", lambda: ours(opts_default)),
+                             ("ultralytics_retina", lambda: ultra(True)),
+                             ("ultralytics_default", lambda: ultra(False)),
+                             ("ultralytics_default_mapped", ultra_mapped)):
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) / len(cases) * 1e3)
         n_inst = sum(len(r[0]) for r in ours())
+        parity = default_mask_parity(ours(opts_default), ultra(False))
     med = {k: round(statistics.median(v), 3) for k, v in times.items()}
     return {"ms_per_image": med, "runs_ms": times, "instances": n_inst, "images": len(cases),
+            "default_mask_parity": parity,
             "ratio_vs_retina": round(med["unideploy"] / med["ultralytics_retina"], 3),
-            "ratio_vs_default": round(med["unideploy"] / med["ultralytics_default"], 3)}
+            "ratio_vs_default": round(med["unideploy"] / med["ultralytics_default"], 3),
+            "ratio_default_vs_default": round(med["unideploy_default"] / med["ultralytics_default"], 3),
+            "ratio_default_vs_default_mapped": round(med["unideploy_default"] / med["ultralytics_default_mapped"], 3),
+            "ratio_default_vs_retina": round(med["unideploy_default"] / med["unideploy"], 3)}
 
 
 def main() -> None:
@@ -127,10 +182,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tasks", default="seg,pose,obb")
     ap.add_argument("--no-openvino", action="store_true")
+    ap.add_argument("--masks-only", action="store_true", help="only part 2 (the -seg mask postprocess), no end to end")
     ap.add_argument("--random", action="store_true",
                     help="random-weight yolov8n-* at --imgsz on generated scenes instead of the bundled demo models")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "tasks.json"))
     a = ap.parse_args()
+    if a.masks_only:  # the -seg ONNX alone
+        a.tasks, a.no_openvino = "seg", True
     import unideploy
     from unideploy.apps.demo_tasks import TASK_MODELS
     from unideploy.testing import build_random_yolo, write_scenes
@@ -161,7 +219,8 @@ def main() -> None:
         imgsz = a.imgsz if a.random else unideploy.read_spec(models["seg"]["onnx"]).imgsz[0]
         report["mask_postprocess"] = mask_postprocess(models["seg"]["onnx"], files, imgsz)
         print(f"mask postprocess ms/img: {report['mask_postprocess']['ms_per_image']}", flush=True)
-    report["end_to_end"] = end_to_end(models, image_dirs, a.repeats)
+    if not a.masks_only:
+        report["end_to_end"] = end_to_end(models, image_dirs, a.repeats)
     import onnxruntime
     import ultralytics
 

@@ -75,6 +75,37 @@ def test_yolov5_seg_boxes_and_masks(v5seg):
         assert n_total >= 5, "the test model should find instances"
 
 
+def test_yolov5_seg_default_masks(v5seg):
+    """``retina_masks=False``: YOLOv5's default ``process_mask(upsample=True)`` at the input size on the boxes in
+    input pixels, brought to the image as Ultralytics' plotting does (``scale_masks``, > 0.5)."""
+    from ultralytics.utils import ops
+
+    path, files = v5seg
+    with unideploy.load(path, conf=0.25, retina_masks=False) as p:
+        o = p.adapter.resolve_options(p.options)
+        assert o.retina_masks is False
+        n_total = 0
+        for f in files:
+            img = unideploy.read_image(f)
+            x, info = p.preprocess(img)
+            raw = p.infer(x[None])
+            out = next(r for r in raw if r.ndim == 3)[0]
+            proto = next(r for r in raw if r.ndim == 4)[0]
+            seg = p.adapter.postprocess(raw, [info], o)[0]
+            boxes, scores, cls, rows = p.adapter._nms(out[:, :-NM], o.conf, o.iou, o.max_det, o.agnostic, o.classes,
+                                                      return_rows=True)
+            ref_in = ops.process_mask(torch.from_numpy(proto), torch.from_numpy(out[rows, -NM:]),
+                                      torch.from_numpy(boxes.copy()), IMGSZ, upsample=True)
+            keep = ref_in.flatten(1).amax(1).numpy() > 0
+            ref = (ops.scale_masks(ref_in[None].float(), img.shape[:2])[0] > 0.5).numpy()[keep]
+            assert len(seg) == int(keep.sum()) and np.allclose(seg.confidence, scores[keep])
+            assert seg.masks.data.shape == ref.shape
+            differ = (seg.masks.data != ref).sum()
+            assert differ <= len(seg), f"{f.name}: {differ} of {ref.sum()} mask pixels differ"
+            n_total += len(seg)
+        assert n_total >= 5, "the test model should find instances"
+
+
 def test_ultralytics_seg_layout_is_not_taken_for_yolov5(v5seg):
     from unideploy.runtime.families.yolo_seg import YoloSegAdapter
     from unideploy.runtime.backends.base import TensorInfo

@@ -58,6 +58,16 @@ def test_segmentation_on_the_device_matches_the_cpu_adapter(task_checkpoints):
     with ref, gpu:
         files = [str(f) for f in task_checkpoints["images"]]
         want, got = ref(files), gpu(files)
+        # retina_masks=False is honoured on the device too (Ultralytics' default path; the CPU adapter's masks)
+        want_in, got_in = ref(files, retina_masks=False), gpu(files, retina_masks=False)
+    changed = 0
+    for f, a, b, c in zip(files, want_in, got_in, want):
+        _same_instances(a, b, f)
+        assert a.masks.data.shape == b.masks.data.shape
+        differ = (a.masks.data != b.masks.data).sum() / max(1, a.masks.data.sum())
+        assert differ < 1e-2, f"retina_masks=False, {f}: {differ:.2%} of mask pixels differ"
+        changed += len(a) != len(c) or bool((a.masks.data != c.masks.data).any())
+    assert changed, "retina_masks=False should change the masks"
     total = 0
     for f, a, b in zip(files, want, got):
         _same_instances(a, b, f)

@@ -123,6 +123,33 @@ def test_task_matches_ultralytics(task_models, task_images, task, fmt):
     assert kpt_err <= 1.5 and obb_err <= 1.5, (kpt_err, obb_err)
 
 
+def test_seg_default_masks_match_ultralytics(task_models, task_images):
+    """``retina_masks=False`` vs Ultralytics' default predict (masks at the input size), its masks brought to the
+    image as its plotting does (``scale_masks``, > 0.5): same instances, and the masks' IoU (both empty counts as
+    equal: a mask wholly in the letterbox padding maps to nothing on either side)."""
+    import torch
+    from ultralytics.utils import ops
+
+    ref_model = _reference("seg", task_models["seg"]["onnx"])
+    ious: list[float] = []
+    with unideploy.load(task_models["seg"]["onnx"], conf=0.25, iou=0.7, retina_masks=False) as pred:
+        ours_all = pred([str(p) for p in task_images])
+    for f, ours in zip(task_images, ours_all):
+        r = ref_model.predict(str(f), imgsz=IMGSZ, conf=0.25, iou=0.7, verbose=False)[0]
+        b = r.boxes
+        pairs = match(ours, b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(np.int64), f"seg-default/{f.name}")
+        if not pairs:
+            continue
+        assert r.masks.data.shape[1:] == (IMGSZ, IMGSZ) and ours.masks.shape == r.orig_shape  # theirs at the input
+        ref = (ops.scale_masks(torch.as_tensor(r.masks.data)[None].float(), r.orig_shape)[0] > 0.5).numpy()
+        for i, j in pairs:
+            a, m = ours.masks.data[i], ref[j]
+            ious.append(1.0 if not (a.any() or m.any()) else float(mask_iou(a[None], m[None])[0, 0]))
+    ious_a = np.array(ious)
+    assert len(ious_a) >= 3 * len(task_images), len(ious_a)
+    assert ious_a.mean() >= 0.97 and np.quantile(ious_a, 0.05) >= 0.9, (ious_a.mean(), ious_a.min())
+
+
 def test_seg_without_prototypes_is_one_line_error(task_models, tmp_path):
     """A -seg file cut down to its detection output names the missing prototypes."""
     import onnx

@@ -150,6 +150,11 @@ def test_three_stages_equal_predict(models, images, task, tmp_path):
     records = json.loads((tmp_path / "p.json").read_text())
     key = {"seg": "segmentation", "pose": "keypoints", "obb": "rbox"}[task]
     assert records and all(key in rec for rec in records)
+    if task == "seg":  # retina_masks=False through the three stages too
+        res = offline.postprocess(model, rep.output_dir, man, conf=0.25, retina_masks=False)
+        with unideploy.load(model, conf=0.25, in_model_preprocess=False, retina_masks=False) as pred:
+            for name, r in res:
+                same(r, pred(folder / name), name)
 
 
 def test_pipeline_accepts_the_tasks(models, images):

@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--iou", type=fraction, default=0.5, help="IoU for two boxes to be the same detection (default 0.5)")
     t.add_argument("--nms-iou", type=fraction, default=0.7, help="NMS IoU threshold of both models (default 0.7)")
     t.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image by both models (default 300)")
+    t.add_argument("--retina-masks", action=argparse.BooleanOptionalAction, default=None,
+                   help="segmentation masks of both models at the image size (default), or with --no-retina-masks "
+                        "Ultralytics' default path (at the model input size, then mapped onto the image)")
     t.add_argument("--max-missed-frac", type=fraction, default=0.05,
                    help="most reference boxes allowed unmatched in the candidate (default 0.05)")
     t.add_argument("--max-extra-frac", type=fraction, default=0.05,
@@ -136,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         options["imgsz"] = args.imgsz
     if args.threads:
         options["threads"] = args.threads
+    if args.retina_masks is not None:
+        options["retina_masks"] = args.retina_masks
     result = compare(args.ref, args.candidate, args.data, samples=args.samples, random=args.random, seed=args.seed,
                      level=args.level, conf=args.conf, iou=args.iou, nms_iou=args.nms_iou, max_det=args.max_det,
                      layers=args.layers, worst=args.worst, options=options,

@@ -8,6 +8,9 @@ import sys
 from unideploy.cli.common import add_model_flags, check_outputs, examples, fraction, positive_int, predictor_kwargs
 from unideploy.cli.eval_track import add_tracking_flags, run_tracking, wants_tracking
 
+#: the scorers of ``--metric`` (as :func:`unideploy.tools.evaluate.evaluate`'s ``metric``)
+METRICS = ("pycocotools", "ultralytics")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy on a labelled data set (COCO mAP, top-k)",
@@ -26,6 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="confidence threshold, 0..1 (default 0.001; 0.1 when tracking)")
     p.add_argument("--iou", type=fraction, default=0.7, help="NMS IoU threshold, 0..1 (default 0.7)")
     p.add_argument("--max-det", type=positive_int, default=300, help="detections per image (default 300)")
+    p.add_argument("--multi-label", action="store_true",
+                   help="NMS keeps a box once per class scoring over --conf, as Ultralytics val does (default: the "
+                        "best class per box, as predict)")
+    p.add_argument("--metric", choices=METRICS, default="pycocotools",
+                   help="pycocotools (default; masks scored at the image size) or ultralytics (segmentation: boxes "
+                        "and masks scored as Ultralytics' SegmentationValidator, masks at a quarter of the input size)")
+    p.add_argument("--retina-masks", action=argparse.BooleanOptionalAction, default=None,
+                   help="segmentation masks at the image size (default), or with --no-retina-masks Ultralytics' "
+                        "default path (at the model input size, then mapped onto the image)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
     p.add_argument("--save-predictions", metavar="FILE", default=None, help="write the COCO results JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -61,6 +73,11 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _mask_kwargs(args: argparse.Namespace) -> dict:
+    """``--retina-masks`` / ``--no-retina-masks`` as a keyword argument, when given."""
+    return {} if args.retina_masks is None else {"retina_masks": args.retina_masks}
+
+
 def run(args: argparse.Namespace) -> int:
     from unideploy.tools.evaluate import evaluate
     from unideploy.core.sinks import atomic_write_json
@@ -71,23 +88,27 @@ def run(args: argparse.Namespace) -> int:
         args.conf = 0.001
     preds: list = []
     check_outputs(files={"--json": args.json, "--save-predictions": args.save_predictions})
-    if args.ray is not None and args.fast_decode:
+    if args.ray is not None and (args.fast_decode or args.multi_label or args.metric != "pycocotools"):
         from unideploy.core.errors import InputError
 
-        raise InputError("--fast-decode is not available with --ray (the Ray workers decode at full size); drop one")
+        flag = "--fast-decode" if args.fast_decode else "--multi-label" if args.multi_label else "--metric"
+        raise InputError(f"{flag} is not available with --ray (the Ray path predicts and scores as predict and "
+                         f"pycocotools do); drop one")
     if args.ray is not None:  # scale-out: unideploy.apps.distributed owns this path
         from unideploy.apps.distributed import evaluate as ray_evaluate, init
 
         init(None if args.ray == "local" else args.ray)
         report = ray_evaluate(args.model, args.data, images=args.images, conf=args.conf, iou=args.iou,
-                              max_det=args.max_det, concurrency=args.ray_actors, **predictor_kwargs(args))
+                              max_det=args.max_det, concurrency=args.ray_actors, **predictor_kwargs(args),
+                              **_mask_kwargs(args))
         print(format_report(report))
         if args.json:
             atomic_write_json(args.json, report)
         return 1 if report.get("skipped") else 0
     report = evaluate(args.model, args.data, images=args.images, conf=args.conf, iou=args.iou, max_det=args.max_det,
                       progress=not args.quiet, predictions_out=preds, fast_decode=args.fast_decode,
-                      **predictor_kwargs(args))
+                      multi_label=args.multi_label, metric=args.metric,
+                      **predictor_kwargs(args), **_mask_kwargs(args))
     print(format_report(report))
     for w in report.get("warnings", [])[:20]:
         print(f"warning: {w}", file=sys.stderr)

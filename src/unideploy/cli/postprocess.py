@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="maximum detections per image (default: the model family's; 300 for most)")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
     p.add_argument("--classes", type=class_list, default=None, help="keep only these class indices, e.g. 0,2")
+    p.add_argument("--retina-masks", action=argparse.BooleanOptionalAction, default=None,
+                   help="segmentation masks at the image size (default), or with --no-retina-masks Ultralytics' "
+                        "default path (at the model input size, then mapped onto the image)")
     p.add_argument("--save-json", metavar="FILE", default=None, help="write COCO results JSON")
     p.add_argument("--save-txt", metavar="DIR", default=None, help="write YOLO txt labels (with confidence)")
     p.add_argument("--save-img", metavar="DIR", default=None, help="write annotated images (sources must be readable)")
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         agnostic=args.agnostic_nms,
         classes=classes,
         family=args.family,
+        **({} if args.retina_masks is None else {"retina_masks": args.retina_masks}),
         backend=args.backend,
     )
     n = sum(len(r) for _, r in res)

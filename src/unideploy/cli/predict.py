@@ -35,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=positive_int, default=None,
                    help="maximum detections per image (default: the model family's; 300 for most)")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--multi-label", action="store_true",
+                   help="NMS keeps a box once per class scoring over --conf (as Ultralytics val), not only its best")
     p.add_argument("--classes", type=class_list, default=None, help="keep only these class indices, e.g. 0,2")
+    p.add_argument("--retina-masks", action=argparse.BooleanOptionalAction, default=None,
+                   help="segmentation: masks assembled at the image size (default) or, with --no-retina-masks, "
+                        "Ultralytics' default path (at the model input size, then mapped onto the image)")
     p.add_argument("--vid-stride", type=positive_int, default=1, help="use every N-th video frame")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode large JPEGs at 1/2, 1/4 or 1/8 scale, the smallest still >= the model input (changes pixels)")
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from unideploy.tools.predict import predict
 
     post = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "agnostic": args.agnostic_nms,
-            "classes": args.classes}
+            "classes": args.classes, "retina_masks": args.retina_masks, "multi_label": args.multi_label or None}
     check_outputs(files={"--save-json": args.save_json, "--save-video": args.save_video,
                          "--save-jsonl": args.save_jsonl},
                   folders={"--save-txt": args.save_txt, "--save-img": args.save_img,

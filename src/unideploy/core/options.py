@@ -86,7 +86,13 @@ class PostprocessOptions:
         max_det: detections kept per image (family default; 300).
         classes: keep only these class indices (None = all).
         agnostic: class-agnostic NMS.
+        multi_label: NMS candidates are every (box, class) pair over ``conf``, so a box may be kept once per class
+            (Ultralytics' ``val``; its ``predict`` keeps the best class per box, the default here). Honoured by the
+            Ultralytics YOLO detect, segment and OBB adapters.
         top_k: classes reported per image by classifiers.
+        retina_masks: segmentation masks assembled at the original image size (True, the default: Ultralytics'
+            ``process_mask_native``), or at the model input size and then mapped onto the image (False:
+            Ultralytics' default ``process_mask``, mapped as its plotting does; see docs/tasks.md).
     """
 
     conf: float | None = None
@@ -95,6 +101,8 @@ class PostprocessOptions:
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
     top_k: int = 5
+    multi_label: bool = False
+    retina_masks: bool = True
     num_classes: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +115,12 @@ class PostprocessOptions:
             set_(self, "max_det", check_positive_int(self.max_det, "max_det"))
         set_(self, "top_k", check_positive_int(self.top_k, "top_k"))
         set_(self, "agnostic", bool(self.agnostic))
+        if self.multi_label not in (True, False):
+            raise OptionError("multi_label", f"must be True or False, got {self.multi_label!r}")
+        set_(self, "multi_label", bool(self.multi_label))
+        if self.retina_masks not in (True, False):  # 1 / 0 and numpy booleans compare equal; "no" does not
+            raise OptionError("retina_masks", f"must be True or False, got {self.retina_masks!r}")
+        set_(self, "retina_masks", bool(self.retina_masks))
         if self.classes is not None:
             if isinstance(self.classes, (int, str)):
                 set_(self, "classes", (self.classes,))

@@ -53,6 +53,9 @@ class Predictor:
         batch: images per inference call for dynamic-batch models.
         family: force a model family adapter instead of recognising it.
         agnostic: class-agnostic NMS. classes: keep only these class indices (of the model's classes).
+        multi_label: NMS keeps a box once per class scoring over ``conf`` (Ultralytics' ``val``), not only its best.
+        retina_masks: segmentation masks at the image size (True, Ultralytics' ``retina_masks=True``) or
+            Ultralytics' default path (False: at the input size, then mapped onto the image; docs/tasks.md).
         workers: decode/preprocess threads for streams.
         cv_threads: OpenCV's own thread count, set process-wide (default 1: images are decoded and
             preprocessed in parallel by ``workers`` already, and OpenCV's per-call threads on top of that
@@ -97,7 +100,9 @@ class Predictor:
         batch: int | None = None,
         family: str | None = None,
         agnostic: bool = False,
+        multi_label: bool = False,
         classes: Sequence[int] | None = None,
+        retina_masks: bool = True,
         workers: int = 2,
         cv_threads: int | None = 1,
         requests: int | None = None,
@@ -111,7 +116,8 @@ class Predictor:
         self.load_args = {k: v for k, v in locals().items() if k not in ("self", "backend_options", "__class__")}
         self.load_args.update(backend_options)
         # every option is checked before the model is opened (a bad threshold fails fast)
-        options = PostprocessOptions(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, classes=classes)
+        options = PostprocessOptions(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, classes=classes,
+                                     retina_masks=retina_masks, multi_label=multi_label)
         if batch is not None:
             batch = check_positive_int(batch, "batch")
         if requests is not None:

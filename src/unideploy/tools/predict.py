@@ -33,7 +33,7 @@ __all__ = ["LOAD_ARGS", "MODEL_ARGS", "POSTPROCESS_ARGS", "PredictSummary", "bat
 MODEL_ARGS = ("backend", "device", "imgsz", "batch", "family", "threads", "sha256", "precision", "trust_pickle",
               "fast_decode", "hint")
 #: arguments that choose what postprocessing keeps (None: the model family's default)
-POSTPROCESS_ARGS = ("conf", "iou", "max_det", "agnostic", "classes", "retina_masks")
+POSTPROCESS_ARGS = ("conf", "iou", "max_det", "agnostic", "classes", "retina_masks", "multi_label")
 #: every argument :func:`load_kwargs` takes: the model's, postprocessing's, and ``backend_options``
 LOAD_ARGS = (*MODEL_ARGS, *POSTPROCESS_ARGS, "backend_options")
 
@@ -143,6 +143,7 @@ def predict(
     agnostic: bool | None = None,
     classes: Sequence[int] | None = None,
     retina_masks: bool | None = None,
+    multi_label: bool | None = None,
     vid_stride: int = 1,
     save_json: PathOrSink = None,
     save_txt: PathOrSink = None,
@@ -167,6 +168,7 @@ def predict(
         fast_decode: decode large JPEGs at the scale the model needs (see :class:`~unideploy.runtime.predictor.Predictor`).
         conf, iou, max_det, agnostic, classes: what postprocessing keeps (None: the model family's default).
         retina_masks: segmentation masks at the image size (None/True) or by Ultralytics' default path (False).
+        multi_label: NMS keeps a box once per class over ``conf`` (Ultralytics' ``val``); default: best class only.
         vid_stride: use every N-th video frame.
         save_json: COCO results JSON. save_txt: a folder of YOLO txt labels. save_img: a folder of annotated
             images (for a video source without ``save_video``: one annotated video ``<save_img>/<name>.mp4``).
@@ -197,7 +199,7 @@ def predict(
 
     src = source if isinstance(source, Source) else Source(source, vid_stride)
     post = {"conf": conf, "iou": iou, "max_det": max_det, "agnostic": agnostic, "classes": classes,
-            "retina_masks": retina_masks}
+            "retina_masks": retina_masks, "multi_label": multi_label}
     opened = not isinstance(model, Predictor)
     if opened and not isinstance(src.video, str):  # files: a batch job (a live stream keeps the latency hint)
         hint = batch_hint(hint, backend_options)

@@ -8,6 +8,9 @@ composition is a pair of matrices ``Ay`` (image rows x prototype rows) and ``Ax`
 and one mask is ``Ay[y1:y2] @ logits @ Ax[x1:x2].T`` evaluated only inside its box: the same values (up to float
 rounding) at a fraction of the cost of upsampling every mask to the full image.
 
+:func:`assemble_masks_input` is Ultralytics' default path (``retina_masks=False``): ``process_mask`` at the model
+input size, then the 0/1 masks brought onto the image as Ultralytics' plotting does (``scale_masks``, > 0.5).
+
 :func:`encode_rle` writes COCO's compressed RLE strings (the ``counts`` pycocotools' ``encode`` gives) without
 pycocotools; :func:`mask_to_polygon` gives the outline Ultralytics writes to its ``.txt`` labels (``masks2segments``: all contours
 joined into one).
@@ -21,8 +24,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-__all__ = ["assemble_masks", "bilinear_matrix", "decode_rle", "encode_rle", "mask_to_polygon", "mask_iou",
-           "merge_contours", "proto_resample_matrices"]
+__all__ = ["assemble_masks", "assemble_masks_input", "bilinear_matrix", "decode_rle", "encode_rle", "mask_to_polygon",
+           "mask_iou", "merge_contours", "proto_resample_matrices"]
 
 
 def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,6 +160,121 @@ def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, sh
                 full += cols[jy[:, k]] * vy[:, k, None]
             out[i, cy, cx] = full > 0
     return out
+
+
+def _taps32(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_taps` in float32 arithmetic, as ``torch.nn.functional.interpolate(mode="bilinear")`` computes them on
+    CPU (scale ``n_in / n_out``, source position, weights): the two indices and both weights of each output."""
+    f = np.float32
+    scale = f(n_in) / f(n_out)
+    src = np.maximum(scale * (np.arange(n_out, dtype=f) + f(0.5)) - f(0.5), f(0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    w1 = (src - i0.astype(f)).astype(f)
+    return i0, np.minimum(i0 + 1, n_in - 1), f(1) - w1, w1
+
+
+@lru_cache(maxsize=32)
+def _input_taps(proto_hw: tuple[int, int], input_hw: tuple[int, int],
+                shape: tuple[int, int]) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The 1-D resamplings of :func:`assemble_masks_input`, per axis (rows, then columns).
+
+    Each axis is ``(p0, p1, pv, pw, q0, q1, qv, qw)``: the prototype taps of every model-input line (bilinear
+    upsampling to the input size) and the input taps of every image line (the letterbox content ``[top, bottom)`` cut
+    out and resized bilinearly to the image size, as Ultralytics' ``scale_masks`` with no ``ratio_pad``), each as two
+    indices and their two weights.
+    """
+    (mh, mw), (hi, wi), (h, w) = proto_hw, input_hw, shape
+    gain = min(hi / h, wi / w)
+    axes = []
+    for n_proto, n_in, n_img in ((mh, hi, h), (mw, wi, w)):
+        content = max(round(n_img * gain), 1)
+        start = round((n_in - content) / 2 - 0.1)  # top / left of the content, as scale_masks rounds it
+        p0, p1, pv, pw = _taps32(n_in, n_proto)
+        q0, q1, qv, qw = _taps32(n_img, content)
+        axes.append((p0, p1, pv, pw, q0 + start, q1 + start, qv, qw))
+    for arr in axes[0] + axes[1]:
+        arr.flags.writeable = False  # cached and shared
+    return axes[0], axes[1]
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``v * a + w * b`` (``v = 1 - w``), the one-axis bilinear blend of two taps, in place in ``a`` and ``b`` (fresh
+    gathers)."""
+    a *= v
+    b *= w
+    a += b
+    return a
+
+
+def assemble_masks_input(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int],
+                         shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Instance masks of Ultralytics' default path (``retina_masks=False``), brought to the original image size.
+
+    First Ultralytics' ``process_mask(..., upsample=True)``: ``coeffs @ protos`` upsampled bilinearly to the model
+    input size, thresholded at 0 (sigmoid 0.5) and cut to each box in input pixels (``x1 <= column < x2``). Then,
+    as Ultralytics' plotting (``Annotator.masks``) and FastSAM map such masks onto the image: the letterbox content
+    cut out, the 0/1 mask resized bilinearly to the image size (``scale_masks``) and thresholded at 0.5. Both
+    resamplings are done inside each box only, from their two taps per axis (no full-size intermediate).
+
+    Args:
+        protos: (C, mh, mw) prototypes of one image.
+        coeffs: (N, C) mask coefficients of the kept boxes.
+        boxes: (N, 4) xyxy boxes in model-input pixels (before the letterbox is undone; not clipped).
+        input_hw: model input (height, width) the image was letterboxed into (centred, Ultralytics' rounding).
+        shape: original image (height, width).
+
+    Returns:
+        ``(masks, nonempty)``: (N, H, W) bool masks at the image size, and (N,) bool telling which instances have a
+        non-empty mask at the input size (the ones Ultralytics keeps; a kept mask can still vanish at a smaller
+        image size).
+
+    Example:
+        >>> import numpy as np
+        >>> m, keep = assemble_masks_input(np.ones((1, 8, 8), np.float32), np.ones((1, 1), np.float32),
+        ...                                np.array([[8, 8, 24, 16]], np.float32), (32, 32), (64, 64))
+        >>> m.shape, int(m.sum()), keep.tolist()
+        ((1, 64, 64), 512, [True])
+    """
+    h, w = shape
+    hi, wi = int(input_hw[0]), int(input_hw[1])
+    protos = np.asarray(protos, np.float32)
+    c, mh, mw = protos.shape
+    coeffs = np.asarray(coeffs, np.float32).reshape(-1, c)
+    out = np.zeros((len(coeffs), h, w), bool)
+    nonempty = np.zeros(len(coeffs), bool)
+    if not len(coeffs):
+        return out, nonempty
+    (py0, py1, pyv, pyw, qy0, qy1, qyv, qyw), (px0, px1, pxv, pxw, qx0, qx1, qxv, qxw) = _input_taps(
+        (int(mh), int(mw)), (hi, wi), (int(h), int(w)))
+    logits = (coeffs @ protos.reshape(c, -1)).reshape(-1, mh, mw)
+    edges = np.ceil(np.asarray(boxes, np.float64))  # input lines l with x1 <= l < x2 (crop_mask)
+    x1, x2 = np.clip(edges[:, 0], 0, wi).astype(np.int64), np.clip(edges[:, 2], 0, wi).astype(np.int64)
+    y1, y2 = np.clip(edges[:, 1], 0, hi).astype(np.int64), np.clip(edges[:, 3], 0, hi).astype(np.int64)
+    # image rows (columns) whose two input taps reach into the box's [y1, y2) ([x1, x2)): the taps never decrease,
+    # so a contiguous range
+    r1, r2 = np.searchsorted(qy1, y1), np.searchsorted(qy0, y2)
+    c1, c2 = np.searchsorted(qx1, x1), np.searchsorted(qx0, x2)
+    for i in range(len(coeffs)):
+        if x2[i] <= x1[i] or y2[i] <= y1[i]:
+            continue
+        sx, sy = slice(x1[i], x2[i]), slice(y1[i], y2[i])
+        cols = _lerp(logits[i][:, px0[sx]], logits[i][:, px1[sx]], pxv[sx], pxw[sx])  # (mh, box width)
+        inp = _lerp(cols[py0[sy]], cols[py1[sy]], pyv[sy, None], pyw[sy, None]) > 0  # the box at the input size
+        if not inp.any():
+            continue
+        nonempty[i] = True
+        if r2[i] <= r1[i] or c2[i] <= c1[i]:
+            continue
+        padded = np.zeros((inp.shape[0] + 2, inp.shape[1] + 2), np.float32)  # zero around the box: outside it
+        padded[1:-1, 1:-1] = inp
+        tx, ty = slice(c1[i], c2[i]), slice(r1[i], r2[i])
+        jx0 = np.clip(qx0[tx] - x1[i], -1, inp.shape[1]) + 1
+        jx1 = np.clip(qx1[tx] - x1[i], -1, inp.shape[1]) + 1
+        jy0 = np.clip(qy0[ty] - y1[i], -1, inp.shape[0]) + 1
+        jy1 = np.clip(qy1[ty] - y1[i], -1, inp.shape[0]) + 1
+        cols = _lerp(padded[:, jx0], padded[:, jx1], qxv[tx], qxw[tx])
+        out[i, ty, tx] = _lerp(cols[jy0], cols[jy1], qyv[ty, None], qyw[ty, None]) > 0.5
+    return out, nonempty
 
 
 def _runs(mask: np.ndarray) -> np.ndarray:

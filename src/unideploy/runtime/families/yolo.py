@@ -6,7 +6,9 @@ Two output layouts:
 
 Postprocessing reproduces ``ultralytics.utils.nms.non_max_suppression`` (best class per box,
 strict ``> conf``, class offsets of 7680 px for class-aware NMS, at most 30000 boxes into NMS, then
-``max_det``) and ``scale_boxes`` (undo the letterbox, clip).
+``max_det``) and ``scale_boxes`` (undo the letterbox, clip). With ``multi_label`` (what Ultralytics' validators
+pass; its ``predict`` does not) every (box, class) pair scoring over ``conf`` is a candidate, so one box may be
+kept once per class.
 """
 
 from __future__ import annotations
@@ -70,32 +72,44 @@ class YoloAdapter(Adapter):
                 sel = pred[keep][:max_det]
                 boxes, scores, cls = sel[:, :4].copy(), sel[:, 4], sel[:, 5].astype(np.int64)
             else:
-                boxes, scores, cls = self._nms(pred, conf, iou, max_det, agnostic, classes)
+                boxes, scores, cls = self._nms(pred, conf, iou, max_det, agnostic, classes, o.multi_label)
             unletterbox_boxes(boxes, info)
             results.append(Detections(boxes, scores, cls, self.spec.names, info.orig_shape))
         return results
 
-    def _nms(self, pred: np.ndarray, conf: float, iou: float, max_det: int, agnostic: bool, classes: Sequence[int] | None):
+    def _nms(self, pred: np.ndarray, conf: float, iou: float, max_det: int, agnostic: bool,
+             classes: Sequence[int] | None, multi_label: bool = False):
         boxes, scores, cls, _ = yolo_nms(pred, self.spec.num_classes or pred.shape[0] - 4, conf, iou, max_det,
-                                         agnostic, classes)
+                                         agnostic, classes, multi_label=multi_label)
         return boxes, scores, cls
 
 
-def yolo_candidates(pred: np.ndarray, nc: int, conf: float,
-                    classes: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Columns of one raw head output ``(4 + nc + extra, N)`` that enter NMS: (indices, best score, best class), the
-    best class per box with ``score > conf`` (Ultralytics' ``non_max_suppression``), at most 30000, best first when
-    cut."""
+def yolo_candidates(pred: np.ndarray, nc: int, conf: float, classes: Sequence[int] | None,
+                    multi_label: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns of one raw head output ``(4 + nc + extra, N)`` that enter NMS: (indices, score, class).
+
+    Single-label (Ultralytics' ``predict``): the best class of each box whose best score is ``> conf``.
+    ``multi_label`` (Ultralytics' ``val``; a no-op for one class): every (box, class) pair with score ``> conf``,
+    boxes in column order and each box's classes in ascending order, so a column index may repeat. Either way the
+    asked ``classes`` are kept and at most 30000 enter NMS, best first when cut.
+    """
     scores_all = pred[4 : 4 + nc]  # (nc, N)
     best = scores_all.max(0)
     cand = np.flatnonzero(best > conf)
-    if classes is not None and cand.size:
-        cls_c = scores_all[:, cand].argmax(0)
-        cand = cand[np.isin(cls_c, classes)]
+    if multi_label and nc > 1 and cand.size:
+        box_i, cls = np.nonzero(scores_all[:, cand].T > conf)  # row-major: box by box, classes ascending
+        cand, scores = cand[box_i], scores_all[cls, cand[box_i]]
+        if classes is not None:
+            sel = np.isin(cls, classes)
+            cand, scores, cls = cand[sel], scores[sel], cls[sel]
+    else:
+        if classes is not None and cand.size:
+            cls_c = scores_all[:, cand].argmax(0)
+            cand = cand[np.isin(cls_c, classes)]
+        cls = scores_all[:, cand].argmax(0) if cand.size else np.zeros(0, np.int64)
+        scores = best[cand]
     if not cand.size:
         return cand.astype(np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    cls = scores_all[:, cand].argmax(0)
-    scores = best[cand]
     if len(cand) > MAX_NMS:
         top = np.argsort(-scores, kind="stable")[:MAX_NMS]
         cand, scores, cls = cand[top], scores[top], cls[top]
@@ -103,10 +117,12 @@ def yolo_candidates(pred: np.ndarray, nc: int, conf: float,
 
 
 def yolo_nms(pred: np.ndarray, nc: int, conf: float, iou: float, max_det: int, agnostic: bool,
-             classes: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             classes: Sequence[int] | None,
+             multi_label: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """NMS of one raw head output ``(4 + nc + extra, N)`` as Ultralytics': kept (xyxy, score, class, column index);
-    the column index selects the kept boxes' extra channels (mask coefficients, keypoints)."""
-    cand, scores, cls = yolo_candidates(pred, nc, conf, classes)
+    the column index selects the kept boxes' extra channels (mask coefficients, keypoints), also for a box kept
+    under several classes with ``multi_label`` (see :func:`yolo_candidates`)."""
+    cand, scores, cls = yolo_candidates(pred, nc, conf, classes, multi_label)
     if not cand.size:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), cand
     boxes = cxcywh_to_xyxy(pred[:4, cand].T)

@@ -2,7 +2,7 @@
 
 One output ``(B, 4 + nc + 1, N)``: centre-x, centre-y, w, h in input pixels, class scores, then the rotation in
 radians; or end-to-end ``(B, K, 7)`` x, y, w, h, score, class, rotation. Postprocessing is Ultralytics'
-``OBBPredictor``: best class per box over ``conf``, rotated NMS with ProbIoU (its fast NMS, classes offset by
+``OBBPredictor``: best class per box over ``conf`` (every class over it with ``multi_label``, as its validator), rotated NMS with ProbIoU (its fast NMS, classes offset by
 7680 px), then centres and sizes mapped back through the letterbox (``scale_boxes(xywh=True)``, not clipped).
 """
 
@@ -53,15 +53,15 @@ class YoloObbAdapter(YoloAdapter):
                 rb = np.concatenate([sel[:, :4], sel[:, 6:7]], 1)
                 scores, cls = sel[:, 4], sel[:, 5].astype(np.int64)
             else:
-                rb, scores, cls = self._nms(pred, o.conf, o.iou, o.max_det, o.agnostic, o.classes)
+                rb, scores, cls = self._nms(pred, o.conf, o.iou, o.max_det, o.agnostic, o.classes, o.multi_label)
             unletterbox_xywhr(rb, info)
             results.append(OrientedDetections.from_xywhr(rb, scores, cls, self.spec.names, info.orig_shape))
         return results
 
     def _nms(self, pred: np.ndarray, conf: float, iou: float, max_det: int, agnostic: bool,
-             classes: Sequence[int] | None):
+             classes: Sequence[int] | None, multi_label: bool = False):
         nc = pred.shape[0] - 5
-        cand, scores, cls = yolo_candidates(pred, nc, conf, classes)
+        cand, scores, cls = yolo_candidates(pred, nc, conf, classes, multi_label)
         rb = np.concatenate([pred[:4, cand].T, pred[-1:, cand].T], 1)
         offset = cls.astype(np.float32)[:, None] * np.float32(0 if agnostic else MAX_WH)
         shifted = np.concatenate([rb[:, :2] + offset, rb[:, 2:]], 1)

@@ -5,7 +5,9 @@ mask coefficients; or end-to-end ``(B, K, 6 + nm)`` x1, y1, x2, y2, score, class
 ``(B, nm, H/4, W/4)``. Postprocessing is Ultralytics' ``SegmentationPredictor`` with ``retina_masks=True``: the
 detector's NMS, boxes mapped back to the image, masks assembled at the image size
 (:func:`unideploy.core.ops.masks.assemble_masks`, its ``process_mask_native``), and instances whose mask is empty
-dropped.
+dropped. The ``retina_masks=False`` option gives its default path instead: masks at the model input size
+(``process_mask``), brought onto the image as Ultralytics' plotting does
+(:func:`unideploy.core.ops.masks.assemble_masks_input`); YOLOv5-seg follows the same option.
 
 Original YOLOv5-seg (github.com/ultralytics/yolov5 v7.0, ``segment/``) is :class:`Yolov5SegAdapter`: detections
 ``(B, 3 x cells, 5 + nc + nm)`` (cx, cy, w, h in input pixels, objectness, class scores, both sigmoid, then the
@@ -22,7 +24,7 @@ import numpy as np
 
 from unideploy.core.errors import ModelError
 from unideploy.core.ops.letterbox import LetterboxInfo, unletterbox_boxes
-from unideploy.core.ops.masks import assemble_masks
+from unideploy.core.ops.masks import assemble_masks, assemble_masks_input
 from unideploy.core.options import PostprocessOptions
 from unideploy.core.results import Masks, Segmentations
 from unideploy.core.spec import ModelSpec
@@ -62,12 +64,21 @@ def _pred_and_protos(spec: ModelSpec, outputs: list[np.ndarray], model: str,
 
 
 def _segmentations(spec: ModelSpec, protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                   cls: np.ndarray, info: LetterboxInfo, ratio: int) -> Segmentations:
+                   cls: np.ndarray, info: LetterboxInfo, ratio: int, retina: bool = True) -> Segmentations:
     """Boxes (input pixels, mapped back here) + mask coefficients of one image -> its result; instances whose mask
-    is empty are dropped, as YOLOv5 and Ultralytics do (N = 0 too)."""
-    unletterbox_boxes(boxes, info)
-    masks = assemble_masks(protos, coeffs, boxes, info.orig_shape, ratio)
-    keep = masks.any(axis=(1, 2))
+    is empty are dropped, as YOLOv5 and Ultralytics do (N = 0 too).
+
+    ``retina`` (``retina_masks``): masks assembled at the image size (``process_mask_native``); otherwise at the
+    input size from the boxes in input pixels (``process_mask``, emptiness judged there as Ultralytics does) and
+    mapped onto the image (:func:`~unideploy.core.ops.masks.assemble_masks_input`)."""
+    if retina:
+        unletterbox_boxes(boxes, info)
+        masks = assemble_masks(protos, coeffs, boxes, info.orig_shape, ratio)
+        keep = masks.any(axis=(1, 2))
+    else:
+        input_hw = spec.imgsz or (ratio * protos.shape[1], ratio * protos.shape[2])
+        masks, keep = assemble_masks_input(protos, coeffs, boxes, input_hw, info.orig_shape)
+        unletterbox_boxes(boxes, info)
     return Segmentations(boxes[keep], scores[keep], cls[keep], spec.names, info.orig_shape, masks=Masks(masks[keep]))
 
 
@@ -120,9 +131,10 @@ class YoloSegAdapter(YoloAdapter):
                 boxes, scores, cls, coeffs = sel[:, :4].copy(), sel[:, 4], sel[:, 5].astype(np.int64), sel[:, 6:]
             else:
                 nc = self.spec.num_classes or pred.shape[0] - 4 - nm
-                boxes, scores, cls, idx = yolo_nms(pred, nc, o.conf, o.iou, o.max_det, o.agnostic, o.classes)
+                boxes, scores, cls, idx = yolo_nms(pred, nc, o.conf, o.iou, o.max_det, o.agnostic, o.classes,
+                                                   o.multi_label)
                 coeffs = pred[4 + nc: 4 + nc + nm, idx].T
-            results.append(_segmentations(self.spec, pr, coeffs, boxes, scores, cls, info, ratio))
+            results.append(_segmentations(self.spec, pr, coeffs, boxes, scores, cls, info, ratio, o.retina_masks))
         return results
 
 
@@ -156,5 +168,6 @@ class Yolov5SegAdapter(Yolov5Adapter):
         for pred, pr, info in zip(out, proto, infos):
             boxes, scores, cls, idx = self._nms(pred[:, :-nm], o.conf, o.iou, o.max_det, o.agnostic, o.classes,
                                                 return_rows=True)
-            results.append(_segmentations(self.spec, pr, pred[idx, -nm:], boxes, scores, cls, info, ratio))
+            results.append(_segmentations(self.spec, pr, pred[idx, -nm:], boxes, scores, cls, info, ratio,
+                                          o.retina_masks))
         return results

@@ -79,6 +79,11 @@ def nms_batch(pred: Any, infos: Sequence[LetterboxInfo], o: PostprocessOptions, 
     """
     import torch
 
+    if o.multi_label:  # not silently ignored: the device NMS keeps the best class per box
+        from unideploy.core.errors import OptionError
+
+        raise OptionError("multi_label", "is not available on the GPU predictor (its NMS keeps the best class per "
+                                         "box); use backend onnxruntime or openvino, or torch on the CPU")
     conf, iou, max_det, agnostic, classes = o.conf, o.iou, o.max_det, o.agnostic, o.classes
     dev = pred.device
     b = len(infos)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from unideploy.core.errors import SourceError
+from unideploy.core.errors import InputError, SourceError
 from unideploy.core.interrupts import Progress, note_progress
 from unideploy.core.progress import progress_bar
 from unideploy.core.sinks import coco_records
@@ -27,6 +27,9 @@ from unideploy.tools.evaluate.metrics import coco_map
 from unideploy.tools.evaluate.obb import obb_map
 
 __all__ = ["evaluate", "evaluate_detection", "load_dataset", "coco_map", "obb_map", "task_metrics", "Dataset"]
+
+#: the scorers ``evaluate(metric=...)`` offers
+METRICS = ("pycocotools", "ultralytics")
 
 #: report key and evaluator of each task's own metric
 TASK_METRICS = {"segment": ("mask", "pycocotools segm"), "pose": ("pose", "pycocotools keypoints (OKS)"),
@@ -50,6 +53,8 @@ def evaluate(
     progress: bool = False,
     predictions_out: list | None = None,
     kpt_sigmas: Sequence[float] | None = None,
+    multi_label: bool = False,
+    metric: str = "pycocotools",
     **load_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a path or an open :class:`~unideploy.runtime.predictor.Predictor`) on ``data``.
@@ -62,6 +67,12 @@ def evaluate(
         progress: show a progress bar on stderr.
         predictions_out: if a list is given, the COCO-format predictions are appended to it.
         kpt_sigmas: per-keypoint OKS sigmas of a pose model (default: see the module docstring).
+        multi_label: NMS keeps a box once per class scoring over ``conf``, as Ultralytics' ``val`` does (default:
+            the best class per box, as ``predict``).
+        metric: "pycocotools" (default) or "ultralytics": for YOLO ``-seg`` / ``-pose`` models, images resized,
+            and boxes and masks / keypoints scored, as Ultralytics' validators do (:mod:`.ultralytics_val`; masks
+            at a quarter of the input size), with the pycocotools numbers of the same predictions under
+            "pycocotools".
         **load_kwargs: passed to :func:`unideploy.load` when ``model`` is a path (imgsz, batch, family ...).
 
     Returns:
@@ -73,6 +84,8 @@ def evaluate(
     from unideploy.runtime.load import load
     from unideploy.runtime.predictor import Predictor
 
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     own = not isinstance(model, Predictor)
     # a dataset is a batch job: the throughput hint unless one is given (see tools.predict.batch_hint)
     predictor = load(model, backend, device, **{"hint": "throughput", **load_kwargs}) if own else model
@@ -85,8 +98,18 @@ def evaluate(
         task = predictor.task if predictor.task in TASKS else "detect"
         kpt = predictor.spec.extra.get("kpt_shape") if task == "pose" else None
         dataset = load_dataset(data_p, images, task=task, kpt_shape=tuple(kpt) if kpt else None)
+        if metric == "ultralytics":
+            if task not in ("segment", "pose") or dataset.task != task:
+                raise InputError(f"metric 'ultralytics' scores segmentation and pose models on their own labels; "
+                                 f"this is a {predictor.task} model on {dataset.task} labels: use metric "
+                                 f"'pycocotools'")
+            from unideploy.tools.evaluate.ultralytics_val import evaluate_ultralytics
+
+            return evaluate_ultralytics(predictor, dataset, conf=conf, iou=iou, max_det=max_det,
+                                        multi_label=multi_label, kpt_sigmas=kpt_sigmas, progress=progress,
+                                        predictions_out=predictions_out)
         return evaluate_detection(predictor, dataset, conf=conf, iou=iou, max_det=max_det, progress=progress,
-                                  predictions_out=predictions_out, kpt_sigmas=kpt_sigmas)
+                                  predictions_out=predictions_out, kpt_sigmas=kpt_sigmas, multi_label=multi_label)
     finally:
         if own:
             predictor.close()
@@ -103,6 +126,7 @@ def evaluate_detection(
     predictions_out: list | None = None,
     on_result: Callable[[Any], None] | None = None,
     kpt_sigmas: Sequence[float] | None = None,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
     """COCO mAP of an open predictor on a loaded detection data set (see :func:`evaluate`)."""
     if not dataset.samples:
@@ -114,7 +138,7 @@ def evaluate_detection(
         t0 = time.perf_counter()
         done = 0
         try:
-            for out in predictor.stream(paths, conf=conf, iou=iou, max_det=max_det):
+            for out in predictor.stream(paths, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label):
                 if out.ok:
                     records.extend(coco_records(out.result, out.item.index + 1, out.item.name))
                     if on_result is not None:

@@ -52,6 +52,7 @@ def iter_postprocess(
     family: str | None = None,
     backend: str | None = None,
     start: int = 0,
+    retina_masks: bool = True,
 ) -> Iterator[tuple[dict[str, Any], Any]]:
     """Yield ``(manifest item, result)`` for every item of the manifest, from the output files in ``input``.
 
@@ -69,7 +70,7 @@ def iter_postprocess(
     from unideploy.runtime.open import open_model, read_spec, resolve_model_path
 
     opts = PostprocessOptions(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic,
-                              classes=tuple(classes) if classes is not None else None)
+                              classes=tuple(classes) if classes is not None else None, retina_masks=retina_masks)
     doc = manifest if isinstance(manifest, dict) else read_manifest(manifest)
     out_dir = Path(input)
     if not out_dir.is_dir():
@@ -117,7 +118,7 @@ def postprocess(
         resume: continue a run that stopped early from the checkpoint beside its first output, as ``predict``
             does: the items it saved are skipped (and not returned), and the files end up as an uninterrupted
             run's. A run that stops early leaves the COCO JSON unwritten and per-image files complete.
-        **options: conf, iou, max_det, agnostic, classes, family.
+        **options: conf, iou, max_det, agnostic, classes, family, retina_masks.
 
     Returns:
         ``[(item name, result)]`` in manifest order (with ``resume``, of the items this run did).

@@ -9,7 +9,13 @@ Two kinds of child:
   ``compile_model`` (latency hint, a ``CACHE_DIR``) -> one infer request run with ``share_inputs=True`` -> a second
   request driven from a Python worker thread, abandoned -> everything dropped. ``--core per-cycle`` makes a new
   ``ov.Core`` for every cycle (what the backend did before it shared one), ``--core shared`` one per process;
-  ``--order`` drops the Core before the compiled model and its requests (``core-first``) or after (``natural``).
+  ``--order`` drops the Core before the compiled model and its requests (``core-first``) or after (``natural``);
+  ``--worker create --workers N``: N worker threads per cycle each make and run their own request.
+
+Flags of the unideploy child used to locate the cause (docs/reliability.md "Teardown"): ``--exit-wait off`` patches
+out the backend's wait for ended worker threads' OS threads before release, ``--runner base`` runs the stream's
+inference through ``session.run`` (requests made in worker threads), ``--exit-delay-ms`` makes each such thread
+sleep at its OS-level exit just before OpenVINO's ``thread_local`` destructors, ``--burn N`` adds busy threads.
 
     python benchmarks/ov_teardown.py                                  # 20 runs of 1,000 cycles + 8 x 200 (unideploy)
     python benchmarks/ov_teardown.py --kind plain --core per-cycle --runs 20 --cycles 110 --threads 0
@@ -37,17 +43,42 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 
 CHILD_UNIDEPLOY = r"""
-import json, sys, threading, time
+import json, os, sys, threading, time
 import cv2, unideploy
 from unideploy.core.errors import UnideployError
 model, cycles, n_threads, thread_cycles, core_mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 files = sys.argv[6:]
 img = cv2.imread(files[0])
+from unideploy.runtime.backends import openvino as ovb
 if core_mode == "per-cycle":  # the backend as it was before: a new ov.Core for every open()
-    from unideploy.runtime.backends import openvino as ovb
     ovb.shared_core = lambda ov: ov.Core()
+if os.environ.get("OV_TEARDOWN_EXIT_WAIT") == "off":  # the backend as it was before: no wait for ended OS threads
+    ovb.wait_native_exit = lambda threads, timeout=0: 0
+if os.environ.get("OV_TEARDOWN_RUNNER") == "base":  # stream inference through session.run: each worker thread
+    from unideploy.runtime.backends.base import AsyncRunner  # makes its own (thread-local) infer request
+    ovb.OpenVINOSession.async_runner = lambda self, requests=None: AsyncRunner(self, requests or 1)
 
-import os
+delay_us = int(float(os.environ.get("OV_TEARDOWN_EXIT_DELAY_MS", "0")) * 1000)
+if delay_us:  # a deterministic race window: each thread that made an infer request sleeps at its OS-level exit
+    import ctypes  # just before OpenVINO's own thread_local destructors run (C++ TLS destructors run newest first)
+    libc, marked = ctypes.CDLL(None), threading.local()
+    request = ovb.OpenVINOSession._request
+    def _request(self):
+        req = request(self)
+        if not getattr(marked, "done", False) and threading.current_thread() is not threading.main_thread():
+            marked.done = True
+            usleep = ctypes.cast(libc.usleep, ctypes.c_void_p)
+            libc.__cxa_thread_atexit_impl(usleep, ctypes.c_void_p(delay_us), usleep)
+        return req
+    ovb.OpenVINOSession._request = _request
+burning = threading.Event()
+def burn():  # CPU load from inside the child (OpenCV releases the GIL): a busy machine widens the race window
+    import numpy as np
+    a = np.random.default_rng(0).integers(0, 255, (1000, 1000), dtype=np.uint8)
+    while not burning.is_set():
+        cv2.GaussianBlur(a, (31, 31), 0)
+burners = [threading.Thread(target=burn) for _ in range(int(os.environ.get("OV_TEARDOWN_BURN", "0")))]
+for t in burners: t.start()
 arenas = os.environ.get("OV_TEARDOWN_ARENAS", "1")  # unideploy's default: one glibc malloc arena
 
 def cycle():
@@ -84,6 +115,8 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(n_threads)]
 for t in threads: t.start()
 for t in threads: t.join()
+burning.set()
+for t in burners: t.join()
 print("RESULT " + json.dumps({"serial_s": t1 - t0, "threads_s": time.perf_counter() - t1, "errors": errors[:3]}))
 """
 
@@ -91,8 +124,8 @@ CHILD_PLAIN = r"""
 import gc, json, sys, threading, time
 import numpy as np
 import openvino as ov
-model_path, cycles, n_threads, thread_cycles, core_mode, order, cache, devices = sys.argv[1:9]
-cycles, n_threads, thread_cycles = int(cycles), int(n_threads), int(thread_cycles)
+model_path, cycles, n_threads, thread_cycles, core_mode, order, cache, devices, worker, n_workers = sys.argv[1:11]
+cycles, n_threads, thread_cycles, n_workers = int(cycles), int(n_threads), int(thread_cycles), int(n_workers)
 import ctypes, os
 if os.environ.get("OV_TEARDOWN_ARENAS", "default") != "default":  # as unideploy's load() does (mallopt M_ARENA_MAX)
     ctypes.CDLL("libc.so.6").mallopt(-8, int(os.environ["OV_TEARDOWN_ARENAS"]))
@@ -110,15 +143,20 @@ def cycle():
     req = compiled.create_infer_request()
     req.infer({0: np.random.rand(*shape).astype(np.float32)}, share_inputs=True)
     out = req.get_output_tensor(0).data.copy()
-    other = compiled.create_infer_request()  # driven from a worker thread, abandoned after 2 runs
-    def drive():
+    others = [] if worker == "create" else [compiled.create_infer_request() for _ in range(n_workers)]
+    def drive(k):  # "infer": a request made by the main thread; "create": the worker thread makes its own
+        r = compiled.create_infer_request() if worker == "create" else others[k]
         for _ in range(2):
-            other.infer({0: np.random.rand(*shape).astype(np.float32)}, share_inputs=True)
-    t = threading.Thread(target=drive); t.start(); t.join()
+            r.infer({0: np.random.rand(*shape).astype(np.float32)}, share_inputs=True)
+        if worker == "create":
+            others.append(r)  # kept past the thread's end, as a session keeps its requests until close()
+    ts = [threading.Thread(target=drive, args=(k,)) for k in range(n_workers)]
+    for t in ts: t.start()
+    for t in ts: t.join()
     if order == "core-first":
         del core
         gc.collect()
-    del req, other, compiled
+    del req, others, compiled
     return out.shape
 
 t0 = time.perf_counter()
@@ -162,10 +200,12 @@ def one_run(args: argparse.Namespace, model: Path, files: list[Path], cache: str
                str(args.thread_cycles), args.core, *map(str, files)]
     else:
         cmd = [sys.executable, "-c", CHILD_PLAIN, str(model), str(args.cycles), str(args.threads),
-               str(args.thread_cycles), args.core, args.order, cache, args.devices]
+               str(args.thread_cycles), args.core, args.order, cache, args.devices, args.worker, str(args.workers)]
     env = dict(os.environ)
     if args.arenas:
         env["OV_TEARDOWN_ARENAS"] = args.arenas
+    env["OV_TEARDOWN_EXIT_WAIT"], env["OV_TEARDOWN_RUNNER"] = args.exit_wait, args.runner
+    env["OV_TEARDOWN_BURN"], env["OV_TEARDOWN_EXIT_DELAY_MS"] = str(args.burn), str(args.exit_delay_ms)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -192,6 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", choices=("natural", "core-first"), default="natural", help="plain: drop order")
     ap.add_argument("--devices", choices=("query", "none"), default="query",
                     help="plain: ask the Core for its available_devices each cycle (as the backend does) or not")
+    ap.add_argument("--exit-wait", choices=("on", "off"), default="on",
+                    help="unideploy: wait for ended worker threads' OS threads before releasing (the fix) or not")
+    ap.add_argument("--runner", choices=("own", "base"), default="own", help="unideploy: the stream's runner: the "
+                    "backend's own infer requests, or session.run from worker threads (requests made in them)")
+    ap.add_argument("--burn", type=int, default=0, help="unideploy: busy threads in the child (load, as on a "
+                    "shared machine: the crash grows more frequent with load)")
+    ap.add_argument("--exit-delay-ms", type=float, default=0, help="unideploy: each worker thread that made an "
+                    "infer request sleeps this long at its exit, before OpenVINO's thread_local destructors")
+    ap.add_argument("--worker", choices=("infer", "create"), default="infer",
+                    help="plain: worker threads run requests the main thread made (infer) or make their own (create)")
+    ap.add_argument("--workers", type=int, default=1, help="plain: worker threads per cycle")
     ap.add_argument("--arenas", default=None, help="glibc malloc arenas in the child: a number or 'default' "
                     "(default: unideploy's 1 for --kind unideploy, glibc's default for plain)")
     ap.add_argument("--runs", type=int, default=20)
@@ -231,6 +282,11 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[s
         "core": args.core,
         "order": args.order if args.kind == "plain" else None,
         "devices": args.devices if args.kind == "plain" else "query",
+        "worker": f"{args.worker} x {args.workers}" if args.kind == "plain" else None,
+        "exit_wait": args.exit_wait if args.kind == "unideploy" else None,
+        "runner": args.runner if args.kind == "unideploy" else None,
+        "burn_threads": args.burn if args.kind == "unideploy" else None,
+        "exit_delay_ms": args.exit_delay_ms if args.kind == "unideploy" else None,
         "malloc_arenas": args.arenas or ("1" if args.kind == "unideploy" else "default"),
         "runs_planned": args.runs,
         "runs": len(runs),

@@ -259,6 +259,57 @@ def test_create_close_100_times(tiny, files, backend):
     assert after["rss_mb"] - before["rss_mb"] < 25, res  # < 0.25 MB per create/close
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task and glibc pthread keys: Linux")
+def test_join_returns_before_the_os_thread_ends_and_wait_native_exit_waits():
+    """The cause of the OpenVINO teardown crash, shown without OpenVINO: ``Thread.join()`` returns while the OS
+    thread still runs native thread-exit work (here a pthread key destructor: ``usleep(300 ms)``, standing in for
+    oneTBB's and C++ ``thread_local`` cleanup); ``wait_native_exit`` waits for it to end, and skips live threads."""
+    import ctypes
+    import os
+
+    from unideploy.runtime.backends.openvino import wait_native_exit
+
+    libc = ctypes.CDLL(None)
+    key = ctypes.c_uint()
+    assert libc.pthread_key_create(ctypes.byref(key), ctypes.cast(libc.usleep, ctypes.c_void_p)) == 0
+    try:
+        def body():  # the destructor runs at the OS thread's exit, after the Python side has finished
+            libc.pthread_setspecific(key, ctypes.c_void_p(300_000))
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        task = f"/proc/self/task/{t.native_id}"
+        assert os.path.exists(task), "join() returned after the OS thread had ended: the premise does not hold"
+        t0 = time.perf_counter()
+        assert wait_native_exit([t]) == 1
+        assert not os.path.exists(task)
+        assert time.perf_counter() - t0 < 1.0
+        assert wait_native_exit([threading.current_thread()]) == 0  # alive: not waited for
+    finally:
+        libc.pthread_key_delete(key)
+
+
+@pytest.mark.timeout(120)
+def test_openvino_session_waits_for_and_forgets_ended_threads(tiny, files):
+    """Threads that ran the OpenVINO session are remembered until they end, then waited for and forgotten (a
+    predictor streaming for days must not keep every ended worker thread)."""
+    model = model_for(tiny, "openvino")
+    with unideploy.load(model, backend="openvino") as p:
+        p(cv2.imread(str(files[0])))
+        for _ in range(3):
+            assert len(list(p.stream(files[:4]))) == 4
+        session = p.session
+        assert threading.current_thread() in session._threads  # the caller's own request: alive, kept
+        assert all(t.is_alive() for t in session._threads), session._threads  # stream workers: forgotten
+        worker = threading.Thread(target=p, args=(cv2.imread(str(files[1])),))
+        worker.start()
+        worker.join()
+        assert worker in session._threads
+    assert session._threads == {threading.current_thread()}  # close() waited for the ended worker and forgot it
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_abandoned_stream_is_joined_when_collected(tiny, files, backend):

@@ -46,6 +46,33 @@ def shared_core(ov: Any) -> Any:
         return _CORE
 
 
+#: seconds :func:`wait_native_exit` waits at most (per call) for ended threads' OS threads to be gone
+NATIVE_EXIT_WAIT = 1.0
+
+
+def wait_native_exit(threads: Any, timeout: float = NATIVE_EXIT_WAIT) -> int:
+    """Wait until the OS threads of the ended Python ``threads`` are gone (Linux); returns how many were waited for.
+
+    ``Thread.join()`` returns when the Python side of a thread is done, before its OS thread has run the native
+    thread-exit work of the libraries it called (C++ ``thread_local`` destructors, oneTBB's per-thread cleanup).
+    A thread that ran OpenVINO calls (made or ran an infer request) must be fully gone before the compiled model
+    and its Core are released, or that exit work can write into memory the release has freed: the most likely cause
+    of the heap corruption in docs/reliability.md "Teardown" (a new Core per open(), stream worker threads ending at
+    close()). A thread's ``/proc/self/task/<tid>`` entry disappears only after all of that has run; this waits for
+    the entries of all ``threads`` together for at most ``timeout`` seconds. Threads still alive are skipped (they
+    end after the release; the shared Core keeps the executors they use alive). Elsewhere than Linux there is
+    nothing to wait on and this returns 0.
+    """
+    ended = [t.native_id for t in threads if not t.is_alive() and t.native_id is not None]
+    if not ended or not os.path.isdir("/proc/self/task"):
+        return 0
+    deadline = time.monotonic() + timeout
+    for tid in ended:
+        while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+            time.sleep(0.001)
+    return len(ended)
+
+
 def default_cache_dir() -> Path:
     return cache_dir("openvino")
 
@@ -145,6 +172,7 @@ class OpenVINOSession(Session):
         self._meta = meta
         self._local = threading.local()
         self._requests: list[Any] = []
+        self._threads: set[threading.Thread] = set()  # threads that made or ran an infer request (see _close)
         self.inputs = _infos(model.inputs)
         self.outputs = _infos(model.outputs, "output")
 
@@ -217,6 +245,7 @@ class OpenVINOSession(Session):
             self._local.req = req
             with self._lock:
                 self._requests.append(req)
+                self._threads.add(threading.current_thread())  # see _wait_ended_threads
         return req
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -242,7 +271,19 @@ class OpenVINOSession(Session):
             raise BackendError(f"openvino session for {self.path.name} is closed")
         return OpenVINOAsyncRunner(self, requests or self.optimal_requests())
 
+    def _used_by(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.add(thread)
+
+    def _wait_ended_threads(self) -> int:
+        """Forget the threads that used this session and have ended, once their OS threads are gone."""
+        with self._lock:
+            ended = [t for t in self._threads if not t.is_alive()]
+            self._threads.difference_update(ended)
+        return wait_native_exit(ended)
+
     def _close(self) -> None:
+        self._wait_ended_threads()  # before the compiled model (and the Core, where not shared) is dropped
         self._requests.clear()
         self._local = threading.local()
         self._compiled = self._model = None
@@ -259,6 +300,8 @@ class OpenVINOAsyncRunner(AsyncRunner):
     Python off OpenVINO's threads and gives the same overlap.
     """
 
+    session: OpenVINOSession
+
     def __init__(self, session: OpenVINOSession, requests: int = 1) -> None:
         super().__init__(session, requests)
         import queue
@@ -269,6 +312,7 @@ class OpenVINOAsyncRunner(AsyncRunner):
             self._idle.put(session.compiled.create_infer_request())
 
     def _job(self, feeds: dict[str, np.ndarray], fut: Any) -> None:
+        self.session._used_by(threading.current_thread())  # its OS thread is waited for at shutdown
         req = self._idle.get()
         try:
             fut.started = time.perf_counter()
@@ -287,9 +331,10 @@ class OpenVINOAsyncRunner(AsyncRunner):
         fut.set_result(out)
 
     def _shutdown(self) -> None:
-        super()._shutdown()
+        super()._shutdown()  # joins the worker threads (Python side)
         while not self._idle.empty():
             self._idle.get()
+        self.session._wait_ended_threads()  # and their OS threads: see wait_native_exit
 
 
 @dataclass(frozen=True)

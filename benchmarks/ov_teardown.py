@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 CHILD_UNIDEPLOY = r"""
 import json, os, sys, threading, time
 import cv2, unideploy
-from unideploy.core.errors import UnideployError
+from unideploy.testing import create_close_cycle
 model, cycles, n_threads, thread_cycles, core_mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 files = sys.argv[6:]
 img = cv2.imread(files[0])
@@ -82,16 +82,7 @@ for t in burners: t.start()
 arenas = os.environ.get("OV_TEARDOWN_ARENAS", "1")  # unideploy's default: one glibc malloc arena
 
 def cycle():
-    p = unideploy.load(model, backend="openvino", malloc_arenas=None if arenas == "default" else int(arenas))
-    p(img)
-    stream = p.stream(files)  # started and abandoned mid-way
-    next(stream); next(stream)
-    p.close()
-    try:
-        p(img)
-        raise SystemExit("a closed predictor still predicted")
-    except UnideployError:
-        pass
+    create_close_cycle(model, img, files, backend="openvino", malloc_arenas=None if arenas == "default" else int(arenas))
 
 done = [0]
 def heartbeat():  # progress on stderr: a run that times out shows whether it was still moving

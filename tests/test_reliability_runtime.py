@@ -190,7 +190,7 @@ CYCLES = r"""
 import gc, json, os, sys, threading
 import cv2, unideploy
 from unideploy.tools.bench.timers import open_fds, os_threads
-from unideploy.core.errors import UnideployError
+from unideploy.testing import create_close_cycle
 model, backend, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 img = cv2.imread(files[0])
 
@@ -200,16 +200,7 @@ def snap():
     return {"rss_mb": rss, "py_threads": threading.active_count(), "os_threads": os_threads(), "fds": open_fds()}
 
 def cycle():
-    p = unideploy.load(model, backend=backend)
-    p(img)
-    stream = p.stream(files)  # started and abandoned mid-way: close() must stop its threads
-    next(stream); next(stream)
-    p.close()
-    try:
-        p(img)
-        raise SystemExit("a closed predictor still predicted")
-    except UnideployError:
-        pass  # a closed predictor refuses; it does not crash
+    create_close_cycle(model, img, files, backend=backend)
 
 for _ in range(10):  # warm-up: runtime thread pools, caches, allocator arenas
     cycle()

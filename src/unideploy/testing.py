@@ -23,6 +23,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def create_close_cycle(model: str | Path, img: np.ndarray, files: list[str], **load_kwargs: Any) -> None:
+    """One teardown cycle: load -> predict -> start a stream and abandon it after 2 items -> close -> a call on
+    the closed predictor must raise an UnideployError (SystemExit if it still predicts). What
+    ``tests/test_reliability_runtime.py`` and ``benchmarks/ov_teardown.py`` repeat in child processes."""
+    import unideploy
+    from unideploy.core.errors import UnideployError
+
+    p = unideploy.load(model, **load_kwargs)
+    p(img)
+    stream = p.stream(files)  # started and abandoned mid-way: close() must stop its threads
+    next(stream)
+    next(stream)
+    p.close()
+    try:
+        p(img)
+    except UnideployError:
+        return  # a closed predictor refuses; it does not crash
+    raise SystemExit("a closed predictor still predicted")
+
+
 def scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A cluttered BGR image: noisy gradient background plus filled shapes of random colours."""
     yy, xx = np.mgrid[0:h, 0:w]

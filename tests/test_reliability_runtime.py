@@ -62,27 +62,34 @@ def files(tmp_path_factory) -> list[Path]:
 # --------------------------------------------------------------------------------------------- soak
 
 
+def _soak_in_child(model: Path, backend: str, soak_data, extra_args: str, fields: str) -> dict:
+    """``benchmarks/soak.py``'s ``soak`` over the soak data (2,000 predictions, 1 thread) in a fresh process; its
+    ``passed``, ``reasons``, ``limit_mb`` and the ``fields`` (Python dict items over ``r``) as a dict."""
+    images, video = soak_data
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('unideploy_soak', {str(REPO / 'benchmarks' / 'soak.py')!r})\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)\n"
+        f"r = mod.soak({str(model)!r}, {backend!r}, {[str(p) for p in images]!r}, "
+        f"{str(video)!r}, 2000, progress=False, threads=1{extra_args})\n"
+        "print('RESULT ' + json.dumps({'passed': r.passed, 'reasons': r.reasons, 'limit_mb': r.limit_mb, "
+        f"{fields}}}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=880)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-2000:]
+    return json.loads(line[-1][7:])
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_short_soak_passes(tiny, soak_data, backend):
     # In a fresh process, as a soak runs in practice: inside a pytest process that has already run hundreds of tests,
     # threads other tests left behind (Ray's driver, servers) open and close files of their own while the soak counts
     # this process's open files (seen once: "open files grew 34 -> 35" in the full suite, never alone).
-    images, video = soak_data
-    code = (
-        "import importlib.util, json, sys\n"
-        f"spec = importlib.util.spec_from_file_location('unideploy_soak', {str(REPO / 'benchmarks' / 'soak.py')!r})\n"
-        "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)\n"
-        f"r = mod.soak({str(model_for(tiny, backend))!r}, {backend!r}, {[str(p) for p in images]!r}, "
-        f"{str(video)!r}, 2000, progress=False, threads=1)\n"
-        "print('RESULT ' + json.dumps({'passed': r.passed, 'reasons': r.reasons, 'predictions': r.predictions, "
-        "'video_frames': r.video_frames, 'errors': r.errors, 'limit_mb': r.limit_mb, 'samples': len(r.samples), "
-        "'cycles': len(r.cycles)}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=880)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, proc.stderr[-2000:]
-    r = json.loads(line[-1][7:])
+    r = _soak_in_child(model_for(tiny, backend), backend, soak_data, "",
+                       "'predictions': r.predictions, 'video_frames': r.video_frames, 'errors': r.errors, "
+                       "'samples': len(r.samples), 'cycles': len(r.cycles)")
     assert r["predictions"] == 2000 and r["video_frames"] > 400 and r["errors"] == 0, r
     assert r["passed"], r["reasons"]
     assert r["limit_mb"] <= 100 and r["samples"] >= 50 and r["cycles"] >= 3, r
@@ -92,20 +99,9 @@ def test_short_soak_passes(tiny, soak_data, backend):
 def test_soak_catches_a_leaking_stub(tiny, soak_data):
     # In a fresh process: inside a pytest process that has already run hundreds of tests, a 2 GB heap full of
     # freed blocks absorbs the stub's leak without RSS growing, and the check would pass for the wrong reason.
-    images, video = soak_data
-    code = (
-        "import importlib.util, json, sys\n"
-        f"spec = importlib.util.spec_from_file_location('unideploy_soak', {str(REPO / 'benchmarks' / 'soak.py')!r})\n"
-        "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)\n"
-        f"r = mod.soak({str(model_for(tiny, 'onnxruntime'))!r}, 'onnxruntime', {[str(p) for p in images]!r}, "
-        f"{str(video)!r}, 2000, progress=False, threads=1, leak_kb=128)\n"  # ~125 MB leaked over the second half
-        "print('RESULT ' + json.dumps({'passed': r.passed, 'reasons': r.reasons, 'growth_mb': r.growth_mb, "
-        "'limit_mb': r.limit_mb}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=880)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, proc.stderr[-2000:]
-    r = json.loads(line[-1][7:])
+    r = _soak_in_child(model_for(tiny, "onnxruntime"), "onnxruntime", soak_data,
+                       ", leak_kb=128",  # ~125 MB leaked over the second half
+                       "'growth_mb': r.growth_mb")
     assert not r["passed"]
     assert any("RSS grew" in why for why in r["reasons"]), r["reasons"]
     assert r["growth_mb"] > r["limit_mb"]

@@ -64,9 +64,9 @@ def test_predict_over_files_uses_throughput_and_keeps_results(tmp_path, monkeypa
     seen = []
     real = unideploy.runtime.backends.onnxruntime.OnnxRuntimeSession.__init__
 
-    def spy(self, *args, runs=None, **kw):
-        seen.append(runs)
-        real(self, *args, runs=runs, **kw)
+    def spy(self, *args, **kw):
+        real(self, *args, **kw)
+        seen.append(self._runs)
 
     monkeypatch.setattr(unideploy.runtime.backends.onnxruntime.OnnxRuntimeSession, "__init__", spy)
     unideploy.predict(MODEL, [str(p) for p in IMAGES], save_json=tmp_path / "t.json")

@@ -107,9 +107,13 @@ class OnnxRuntimeSession(Session):
     thread_safe = True  # InferenceSession.run is thread-safe
 
     def __init__(self, path: Path, device: str, ort: Any, providers: list[Any], threads: int | None,
-                 options: OnnxRuntimeOptions, runs: int | None = None):
+                 options: OnnxRuntimeOptions):
         super().__init__(path, device)
-        self._runs = runs  # the throughput hint's runs in flight (None: the latency hint)
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        runs = None  # the throughput hint's runs in flight (None: the latency hint)
+        if str(options.hint).lower() == "throughput" and first == "CPUExecutionProvider":
+            runs, threads = throughput_runs(threads)
+        self._runs = runs
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -117,7 +121,6 @@ class OnnxRuntimeSession(Session):
         if options.inter_threads:
             so.inter_op_num_threads = int(options.inter_threads)
         so.log_severity_level = 3
-        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         # memory patterns pre-plan one block per run for all activations; on the CPU provider that held ~27 MB
         # more peak RSS for YOLOv8n-640 with two runs in flight at under 1% latency (benchmarks/vs_ultralytics.py)
         mem_pattern = options.mem_pattern
@@ -271,14 +274,9 @@ class OnnxRuntimeBackend(Backend):
         if opts.precision and str(opts.precision).lower() not in ("fp32", "f32", "float32"):
             raise InputError(f"onnxruntime runs the model file's own precision; got precision={opts.precision!r} "
                              "(export an fp16 model with `unideploy export --half` instead)")
-        hint = str(opts.hint).lower()
-        if hint not in ("latency", "throughput"):
+        if str(opts.hint).lower() not in ("latency", "throughput"):
             raise InputError(f"onnxruntime hint must be latency or throughput, got {opts.hint!r}")
         threads = opts.threads or os.environ.get("UNIDEPLOY_ORT_THREADS")
-        runs = None
-        if hint == "throughput" and providers and (providers[0] if isinstance(providers[0], str) else providers[0][0]) == "CPUExecutionProvider":
-            runs, threads = throughput_runs(int(threads) if threads else None)
-        session = OnnxRuntimeSession(path, device or "cpu", ort, providers, int(threads) if threads else None, opts,
-                                     runs=runs)
+        session = OnnxRuntimeSession(path, device or "cpu", ort, providers, int(threads) if threads else None, opts)
         session.file_metadata = meta
         return session

@@ -82,13 +82,15 @@ def evaluate(
         "mAP75", "per_class", "metric"} (and "sigmas" for pose), when the labels carry that task's ground truth.
     """
     from unideploy.runtime.load import load
+    from unideploy.tools.predict import batch_hint
     from unideploy.runtime.predictor import Predictor
 
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     own = not isinstance(model, Predictor)
-    # a dataset is a batch job: the throughput hint unless one is given (see tools.predict.batch_hint)
-    predictor = load(model, backend, device, **{"hint": "throughput", **load_kwargs}) if own else model
+    if own:  # a dataset is a batch job: the throughput hint unless one is given
+        load_kwargs["hint"] = batch_hint(load_kwargs.get("hint"), None)
+    predictor = load(model, backend, device, **load_kwargs) if own else model
     try:
         data_p = Path(data)
         if predictor.task == "classify" or _is_class_folder(data_p):

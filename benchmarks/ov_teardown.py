@@ -184,8 +184,8 @@ def make_images(d: Path, n: int = 12) -> list[Path]:
     return out
 
 
-def one_run(args: argparse.Namespace, model: Path, files: list[Path], cache: str) -> dict[str, Any]:
-    """Run one child; returns its exit status (signal name when killed), time and the child's own report."""
+def one_run(args: argparse.Namespace, model: Path, files: list[Path], cache: str, exit_wait: str) -> dict[str, Any]:
+    """Run one child; returns its exit status (signal name when killed), time, load and the child's own report."""
     if args.kind == "unideploy":
         cmd = [sys.executable, "-c", CHILD_UNIDEPLOY, str(model), str(args.cycles), str(args.threads),
                str(args.thread_cycles), args.core, *map(str, files)]
@@ -195,7 +195,7 @@ def one_run(args: argparse.Namespace, model: Path, files: list[Path], cache: str
     env = dict(os.environ)
     if args.arenas:
         env["OV_TEARDOWN_ARENAS"] = args.arenas
-    env["OV_TEARDOWN_EXIT_WAIT"], env["OV_TEARDOWN_RUNNER"] = args.exit_wait, args.runner
+    env["OV_TEARDOWN_EXIT_WAIT"], env["OV_TEARDOWN_RUNNER"] = exit_wait, args.runner
     env["OV_TEARDOWN_BURN"], env["OV_TEARDOWN_EXIT_DELAY_MS"] = str(args.burn), str(args.exit_delay_ms)
     t0 = time.perf_counter()
     try:
@@ -211,7 +211,9 @@ def one_run(args: argparse.Namespace, model: Path, files: list[Path], cache: str
     status = rc if not isinstance(rc, int) or rc >= 0 else signal.Signals(-rc).name
     clean = rc == 0 and bool(line) and not child.get("errors")
     progress = [ln for ln in err.splitlines() if ln.startswith("progress: ")]
-    return {"status": status, "clean": clean, "seconds": round(time.perf_counter() - t0, 1), **child,
+    arm = {"exit_wait": exit_wait} if args.kind == "unideploy" else {}
+    return {"status": status, "clean": clean, "seconds": round(time.perf_counter() - t0, 1), **arm,
+            "load_after": round(os.getloadavg()[0], 2), **child,
             "last_progress": progress[-1] if progress else None,
             "stderr_tail": "" if clean else "\n".join(ln for ln in err.splitlines() if not ln.startswith("progress: "))[-600:]}
 
@@ -223,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", choices=("natural", "core-first"), default="natural", help="plain: drop order")
     ap.add_argument("--devices", choices=("query", "none"), default="query",
                     help="plain: ask the Core for its available_devices each cycle (as the backend does) or not")
-    ap.add_argument("--exit-wait", choices=("on", "off"), default="on",
-                    help="unideploy: wait for ended worker threads' OS threads before releasing (the fix) or not")
+    ap.add_argument("--exit-wait", choices=("on", "off", "alternate"), default="on",
+                    help="unideploy: wait for ended worker threads' OS threads before releasing (the fix) or not; "
+                    "alternate: on and off by turns, run by run, so both arms meet the same load")
     ap.add_argument("--runner", choices=("own", "base"), default="own", help="unideploy: the stream's runner: the "
                     "backend's own infer requests, or session.run from worker threads (requests made in them)")
     ap.add_argument("--burn", type=int, default=0, help="unideploy: busy threads in the child (load, as on a "
@@ -251,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for k in range(args.runs):
-        r = one_run(args, model, files, str(work / "cache"))
+        exit_wait = ("on", "off")[k % 2] if args.exit_wait == "alternate" else args.exit_wait
+        r = one_run(args, model, files, str(work / "cache"), exit_wait)
         runs.append(r)
-        print(f"run {k + 1}/{args.runs}: {r['status']} in {r['seconds']} s"
+        print(f"run {k + 1}/{args.runs}" + (f" (exit wait {exit_wait})" if args.exit_wait == "alternate" else "")
+              + f": {r['status']} in {r['seconds']} s, load {r['load_after']}"
               + ("" if r["clean"] else f"  {r['stderr_tail'][-200:]!r}"), flush=True)
         report = write_report(args, runs)  # after every run: a long series stopped early still leaves its figures
     clean = report.get("clean", 0)
@@ -290,6 +295,11 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[s
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
         "run_results": runs,
     }
+    if args.exit_wait == "alternate" and args.kind == "unideploy":  # the two arms, counted apart
+        report["arms"] = {w: {"runs": sum(r["exit_wait"] == w for r in runs),
+                              "clean": sum(r["clean"] for r in runs if r["exit_wait"] == w),
+                              "died": [r["status"] for r in runs if r["exit_wait"] == w and not r["clean"]]}
+                          for w in ("on", "off")}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     return report

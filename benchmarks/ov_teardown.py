@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -122,6 +123,13 @@ if os.environ.get("OV_TEARDOWN_ARENAS", "default") != "default":  # as unideploy
     ctypes.CDLL("libc.so.6").mallopt(-8, int(os.environ["OV_TEARDOWN_ARENAS"]))
 shared = ov.Core() if core_mode == "shared" else None
 config = {"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": cache}
+delay_us = int(float(os.environ.get("OV_TEARDOWN_EXIT_DELAY_MS", "0")) * 1000)
+libc = ctypes.CDLL(None)
+
+def delay_exit():  # as in the unideploy child: this thread sleeps at its exit, before OpenVINO's thread_local dtors
+    if delay_us:
+        usleep = ctypes.cast(libc.usleep, ctypes.c_void_p)
+        libc.__cxa_thread_atexit_impl(usleep, ctypes.c_void_p(delay_us), usleep)
 
 def cycle():
     core = shared if shared is not None else ov.Core()
@@ -137,8 +145,10 @@ def cycle():
     others = [] if worker == "create" else [compiled.create_infer_request() for _ in range(n_workers)]
     def drive(k):  # "infer": a request made by the main thread; "create": the worker thread makes its own
         r = compiled.create_infer_request() if worker == "create" else others[k]
-        for _ in range(2):
+        for i in range(2):
             r.infer({0: np.random.rand(*shape).astype(np.float32)}, share_inputs=True)
+            if i == 0:
+                delay_exit()
         if worker == "create":
             others.append(r)  # kept past the thread's end, as a session keeps its requests until close()
     ts = [threading.Thread(target=drive, args=(k,)) for k in range(n_workers)]
@@ -192,6 +202,7 @@ def one_run(args: argparse.Namespace, model: Path, files: list[Path], cache: str
     else:
         cmd = [sys.executable, "-c", CHILD_PLAIN, str(model), str(args.cycles), str(args.threads),
                str(args.thread_cycles), args.core, args.order, cache, args.devices, args.worker, str(args.workers)]
+    cmd = [*shlex.split(args.wrap), *cmd]
     env = dict(os.environ)
     if args.arenas:
         env["OV_TEARDOWN_ARENAS"] = args.arenas
@@ -232,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                     "backend's own infer requests, or session.run from worker threads (requests made in them)")
     ap.add_argument("--burn", type=int, default=0, help="unideploy: busy threads in the child (load, as on a "
                     "shared machine: the crash grows more frequent with load)")
-    ap.add_argument("--exit-delay-ms", type=float, default=0, help="unideploy: each worker thread that made an "
-                    "infer request sleeps this long at its exit, before OpenVINO's thread_local destructors")
+    ap.add_argument("--exit-delay-ms", type=float, default=0, help="each worker thread that made or ran an infer "
+                    "request sleeps this long at its exit, before OpenVINO's thread_local destructors (unideploy: "
+                    "with --runner base)")
+    ap.add_argument("--wrap", default="", help="a command the child runs under, e.g. 'valgrind --freelist-vol="
+                    "4000000000 --log-file=vg.%%p.log' or 'env LD_PRELOAD=./uaf_guard.so' (docs/reliability.md)")
     ap.add_argument("--worker", choices=("infer", "create"), default="infer",
                     help="plain: worker threads run requests the main thread made (infer) or make their own (create)")
     ap.add_argument("--workers", type=int, default=1, help="plain: worker threads per cycle")
@@ -282,7 +296,8 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[s
         "exit_wait": args.exit_wait if args.kind == "unideploy" else None,
         "runner": args.runner if args.kind == "unideploy" else None,
         "burn_threads": args.burn if args.kind == "unideploy" else None,
-        "exit_delay_ms": args.exit_delay_ms if args.kind == "unideploy" else None,
+        "exit_delay_ms": args.exit_delay_ms,
+        "wrap": args.wrap or None,
         "malloc_arenas": args.arenas or ("1" if args.kind == "unideploy" else "default"),
         "runs_planned": args.runs,
         "runs": len(runs),

@@ -249,9 +249,10 @@ def test_create_close_100_times(tiny, files, backend):
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task and glibc pthread keys: Linux")
 def test_join_returns_before_the_os_thread_ends_and_wait_native_exit_waits():
-    """The cause of the OpenVINO teardown crash, shown without OpenVINO: ``Thread.join()`` returns while the OS
+    """The premise of the backend's release order, shown without OpenVINO: ``Thread.join()`` returns while the OS
     thread still runs native thread-exit work (here a pthread key destructor: ``usleep(300 ms)``, standing in for
-    oneTBB's and C++ ``thread_local`` cleanup); ``wait_native_exit`` waits for it to end, and skips live threads."""
+    oneTBB's and C++ ``thread_local`` cleanup); ``wait_native_exit`` waits for it to end, and skips live threads.
+    (Suspected, not shown, to be the OpenVINO teardown crash's cause: docs/reliability.md "Teardown".)"""
     import ctypes
     import os
 

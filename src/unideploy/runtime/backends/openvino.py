@@ -55,10 +55,11 @@ def wait_native_exit(threads: Any, timeout: float = NATIVE_EXIT_WAIT) -> int:
 
     ``Thread.join()`` returns when the Python side of a thread is done, before its OS thread has run the native
     thread-exit work of the libraries it called (C++ ``thread_local`` destructors, oneTBB's per-thread cleanup).
-    A thread that ran OpenVINO calls (made or ran an infer request) must be fully gone before the compiled model
-    and its Core are released, or that exit work can write into memory the release has freed: the most likely cause
-    of the heap corruption in docs/reliability.md "Teardown" (a new Core per open(), stream worker threads ending at
-    close()). A thread's ``/proc/self/task/<tid>`` entry disappears only after all of that has run; this waits for
+    The session lets threads that ran OpenVINO calls (made or ran an infer request) be fully gone before the
+    compiled model and its Core are released, so no exit work of theirs can meet freed objects. This order was
+    suspected to be the cause of the heap corruption in docs/reliability.md "Teardown" (a new Core per open(),
+    stream worker threads ending at close()); valgrind with that order forced found no bad access, so it is kept
+    as a safe order, not a shown fix. A thread's ``/proc/self/task/<tid>`` entry disappears only after all of that has run; this waits for
     the entries of all ``threads`` together for at most ``timeout`` seconds. Threads still alive are skipped (they
     end after the release; the shared Core keeps the executors they use alive). Elsewhere than Linux there is
     nothing to wait on and this returns 0.

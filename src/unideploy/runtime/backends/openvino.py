@@ -59,10 +59,10 @@ def wait_native_exit(threads: Any, timeout: float = NATIVE_EXIT_WAIT) -> int:
     compiled model and its Core are released, so no exit work of theirs can meet freed objects. This order was
     suspected to be the cause of the heap corruption in docs/reliability.md "Teardown" (a new Core per open(),
     stream worker threads ending at close()); valgrind with that order forced found no bad access, so it is kept
-    as a safe order, not a shown fix. A thread's ``/proc/self/task/<tid>`` entry disappears only after all of that has run; this waits for
-    the entries of all ``threads`` together for at most ``timeout`` seconds. Threads still alive are skipped (they
-    end after the release; the shared Core keeps the executors they use alive). Elsewhere than Linux there is
-    nothing to wait on and this returns 0.
+    as a safe order, not a shown fix. A thread's ``/proc/self/task/<tid>`` entry disappears only after all of that
+    has run; this waits for the entries of all ``threads`` together for at most ``timeout`` seconds. Threads still
+    alive are skipped (they end after the release; the shared Core keeps the executors they use alive). Elsewhere
+    than Linux there is nothing to wait on and this returns 0.
     """
     ended = [t.native_id for t in threads if not t.is_alive() and t.native_id is not None]
     if not ended or not os.path.isdir("/proc/self/task"):

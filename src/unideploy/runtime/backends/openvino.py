@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from unideploy.core.cache import cache_dir
+from unideploy.core.cache import LOCK_NAME, cache_dir, folder_lock
 from unideploy.core.errors import BackendError, DeviceError, InputError, ModelError
 from unideploy.core.onnx_file import check_external_refs, read_onnx, read_onnx_metadata
 from unideploy.core.options import BackendOptions
@@ -85,7 +85,9 @@ def prune_cache(cache: str | Path, max_bytes: int, keep_since: float | None = No
     blob there (13 MB for YOLOv8n-640), and a machine that exports many models fills its disk. Oldest is by
     modification time, i.e. when the blob was compiled (OpenVINO does not say which blob a cache hit read, so
     use is not tracked); a pruned model is simply compiled again. Files modified at or after ``keep_since``
-    (this process's own compile) are never deleted. Returns the deleted paths.
+    (this process's own compile) are never deleted, nor the folder's lock file. The backend prunes while it holds
+    the folder lock (:func:`unideploy.core.cache.folder_lock`), so no other unideploy process is reading a blob
+    then. Returns the deleted paths.
     """
     files = []
     for f in Path(cache).iterdir():
@@ -93,7 +95,7 @@ def prune_cache(cache: str | Path, max_bytes: int, keep_since: float | None = No
             st = f.stat()
         except OSError:  # removed by another process meanwhile
             continue
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and f.name != LOCK_NAME:
             files.append((st.st_mtime, f.name, st.st_size, f))
     total = sum(size for _, _, size, _ in files)
     removed: list[Path] = []
@@ -107,6 +109,17 @@ def prune_cache(cache: str | Path, max_bytes: int, keep_since: float | None = No
         total -= size
         removed.append(f)
     return removed
+
+
+_OV_WHERE = re.compile(r"^(Exception from|Check .* failed at) \S+:\d+:?$")
+
+
+def ov_message(e: BaseException) -> str:
+    """The informative line of an OpenVINO exception: its text starts with a line naming the C++ source file and
+    line ("Exception from src/inference/src/cpp/core.cpp:117:"), which says nothing to a user on its own."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not _OV_WHERE.match(ln)]
+    return (useful or lines or [type(e).__name__])[0]
 
 
 def read_openvino_metadata(xml_path: str | Path) -> dict[str, str]:
@@ -199,17 +212,30 @@ class OpenVINOSession(Session):
         if self._closed:
             raise BackendError(f"openvino session for {self.path.name} is closed")
         a = self._compile_args
-        started = time.time() - 2  # coarse file-system timestamps: a blob written now never looks older than this
-        try:
-            compiled = a["core"].compile_model(self._model, self.device, a["config"])
-        except Exception as e:
-            msg = str(e).strip().splitlines()
-            raise ModelError(f"{self.path}: openvino could not compile it for {self.device}: "
-                             f"{msg[0] if msg else type(e).__name__}") from None
-        if a["cache"] and a["cache_max_mb"] > 0:
-            prune_cache(a["cache"], int(a["cache_max_mb"] * 2**20), keep_since=started)
+        if not a["cache"]:
+            compiled = self._compile_once()
+        else:
+            # One unideploy compile at a time per cache folder, across processes: OpenVINO writes a blob in place
+            # under its final name and maps blobs it reads, with no lock of its own (docs/reliability.md "Cache").
+            with folder_lock(a["cache"]):
+                started = time.time() - 2  # coarse file-system timestamps: a blob written now is never older
+                try:
+                    compiled = self._compile_once()
+                except ModelError:
+                    # a blob deleted between OpenVINO's exists() and its read (another program pruning the
+                    # folder) fails the compile: once more, now a cache miss that compiles and writes it anew
+                    compiled = self._compile_once()
+                if a["cache_max_mb"] > 0:
+                    prune_cache(a["cache"], int(a["cache_max_mb"] * 2**20), keep_since=started)
         self._model = None  # the compiled model holds what it needs
         return compiled
+
+    def _compile_once(self) -> Any:
+        a = self._compile_args
+        try:
+            return a["core"].compile_model(self._model, self.device, a["config"])
+        except Exception as e:
+            raise ModelError(f"{self.path}: openvino could not compile it for {self.device}: {ov_message(e)}") from None
 
     def fuse_preprocess(self, spec: Any) -> Any:
         """Move ``spec``'s preprocessing after the resize into the model (PrePostProcessor), before it is compiled.
@@ -256,7 +282,7 @@ class OpenVINOSession(Session):
         try:
             req.infer(feeds, share_inputs=True)
         except Exception as e:
-            raise BackendError(f"openvino failed to run {self.path.name}: {str(e).splitlines()[0]}") from None
+            raise BackendError(f"openvino failed to run {self.path.name}: {ov_message(e)}") from None
         self.last_timings.total = self.last_timings.compute = time.perf_counter() - t0
         return [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
 
@@ -324,8 +350,7 @@ class OpenVINOAsyncRunner(AsyncRunner):
         except BaseException as e:
             self._idle.put(req)
             self._slots.release()
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            fut.set_exception(BackendError(f"openvino failed to run {self.session.path.name}: {msg}")
+            fut.set_exception(BackendError(f"openvino failed to run {self.session.path.name}: {ov_message(e)}")
                               if isinstance(e, Exception) else e)
             return
         self._idle.put(req)
@@ -358,7 +383,8 @@ class OpenVINOBackend(Backend):
 
     Options:
         hint: "latency" (default) or "throughput" (OpenVINO PERFORMANCE_HINT).
-        cache_dir: compiled-model cache (default ``~/.cache/unideploy/openvino``; "" disables it).
+        cache_dir: compiled-model cache (default ``~/.cache/unideploy/openvino``; "" disables it). Processes may
+            share it: each compile into it holds the folder's lock (:func:`unideploy.core.cache.folder_lock`).
         cache_max_mb: size cap of that folder; the oldest compiled blobs beyond it are deleted after each compile
             (default 1024; 0 = no cap). See :func:`prune_cache`.
         threads: inference threads.
@@ -442,8 +468,7 @@ class OpenVINOBackend(Backend):
         try:
             model = core.read_model(str(path))
         except Exception as e:
-            msg = str(e).strip().splitlines()
-            raise ModelError(f"{path}: openvino could not read it: {msg[0] if msg else type(e).__name__}") from None
+            raise ModelError(f"{path}: openvino could not read it: {ov_message(e)}") from None
         session = OpenVINOSession(path, dev, model, meta, {
             "ov": ov, "core": core, "config": config, "cache": cache, "cache_max_mb": cache_max_mb,
             "in_model_preprocess": fuse})

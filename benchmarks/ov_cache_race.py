@@ -2,10 +2,10 @@
 
 OpenVINO's file cache (``CACHE_DIR``) writes a compiled blob straight to its final name and reads blobs through a
 memory map, with no lock between processes. Where a blob is missing (first use, or evicted: unideploy's size cap,
-a user's ``rm``), two processes compile it at once: one maps the file the other is still writing and reads past its
-end (SIGBUS), or a second writer truncates a blob a third process has mapped. Each run starts ``--procs`` child
-processes, each doing ``--cycles`` cycles on the same model and folder while blobs are evicted; a run is clean when
-every child exits 0.
+a user's ``rm``), several processes compile it at once: one maps the blob while another writes it in place (a
+mapped page past the file's end is a SIGBUS), or a reader deletes a half-written blob it cannot import and the
+writer fails. Each run starts ``--procs`` child processes, each doing ``--cycles`` cycles on the same model and
+folder while blobs are evicted; a run is clean when every child exits 0.
 
 Kinds of child:
 

@@ -87,13 +87,6 @@ while True:
 """
 
 
-def build_model(workdir: Path) -> Path:
-    """A 64 px random-weight YOLOv8n as OpenVINO IR (needs Ultralytics and torch)."""
-    from unideploy.testing import build_random_yolo
-
-    return Path(build_random_yolo("yolov8n.yaml", workdir, 64, openvino=True)["openvino"])
-
-
 def status_of(rc: int | str) -> int | str:
     return signal.Signals(-rc).name if isinstance(rc, int) and rc < 0 else rc
 
@@ -163,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--evict prune is unideploy's pruning: use --evict delete (or none) with --kind plain")
 
     work = Path(tempfile.mkdtemp(prefix="ov_cache_race_"))
-    model = args.model or build_model(work / "model")
+    if args.model is None:  # a 64 px random-weight YOLOv8n as OpenVINO IR (needs Ultralytics and torch)
+        from unideploy.testing import build_random_yolo
+
+        args.model = Path(build_random_yolo("yolov8n.yaml", work / "model", 64, openvino=True)["openvino"])
+    model = args.model
     name = args.name or f"{args.kind}_evict_{args.evict}"
     runs: list[dict[str, Any]] = []
     for k in range(args.runs):

@@ -129,7 +129,7 @@ def test_prune_keeps_the_lock_file(tmp_path):
     assert (tmp_path / LOCK_NAME).exists()
 
 
-def test_compile_holds_the_folder_lock_and_retries_a_vanished_blob(tmp_path, monkeypatch):
+def test_compile_holds_the_folder_lock_and_retries_a_vanished_blob(tmp_path):
     """The compile runs under the cache folder's lock; a compile that fails once (a blob deleted between
     OpenVINO's exists() and its read) is tried once more, and a second failure is the usual ModelError."""
     from unideploy.core.cache import LOCK_NAME

@@ -35,8 +35,8 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
     """Hold an exclusive lock on ``folder`` (a ``.unideploy.lock`` file in it) across processes and threads.
 
     For caches that a runtime writes in place: OpenVINO writes a compiled blob straight to its final name and
-    reads blobs through a memory map, so a second process compiling from the same folder can map a blob that is
-    still being written (SIGBUS), or truncate one that a third process has mapped. Every unideploy process takes
+    reads blobs through a memory map, so a process compiling from the same folder can map a blob that another is
+    rewriting (SIGBUS), or delete as unreadable one that another is still writing. Every unideploy process takes
     this lock around its compile and its pruning, so no blob is read while it is written. The lock is advisory: a
     program that is not unideploy and shares the folder is not held by it. Each call opens its own descriptor, so
     threads of one process exclude each other too.

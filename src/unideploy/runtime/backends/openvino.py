@@ -216,7 +216,7 @@ class OpenVINOSession(Session):
             compiled = self._compile_once()
         else:
             # One unideploy compile at a time per cache folder, across processes: OpenVINO writes a blob in place
-            # under its final name and maps blobs it reads, with no lock of its own (docs/reliability.md "Cache").
+            # under its final name and maps blobs it reads, with no lock of its own (docs/reliability.md "A cache shared by processes").
             with folder_lock(a["cache"]):
                 started = time.time() - 2  # coarse file-system timestamps: a blob written now is never older
                 try:
